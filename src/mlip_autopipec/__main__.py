@@ -1,0 +1,3 @@
+from mlip_autopipec.cli import main
+
+raise SystemExit(main())
