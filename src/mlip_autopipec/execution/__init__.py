@@ -1,0 +1,39 @@
+"""Where attempts run: a local thread pool by default, parsl when the recipe asks.
+
+The science (``run_attempt``) never knows which one: the runner only calls
+``executor.submit(run_attempt, request)`` and collects futures.
+"""
+
+from __future__ import annotations
+
+import importlib
+from concurrent.futures import Executor
+from contextlib import AbstractContextManager
+from typing import Any, cast
+
+from mlip_autopipec.errors import UsageError
+from mlip_autopipec.execution.local import default_workers, local_executor, ranks_per_task
+
+__all__ = ["default_workers", "local_executor", "make_executor", "ranks_per_task"]
+
+
+def make_executor(execution_cfg: dict[str, Any], workers: int) -> AbstractContextManager[Executor]:
+    """An executor for ``execution_cfg["engine"]`` (``local`` or ``parsl``).
+
+    ``local``: a thread pool of ``workers`` threads. ``parsl``: imported only when asked
+    (``mlip_autopipec.execution.parsl_engine.make_parsl_executor(execution_cfg)``), so the
+    cluster extra stays optional. Both are context managers that shut down on exit.
+    """
+    engine = execution_cfg.get("engine", "local")
+    if engine == "local":
+        return local_executor(workers)
+    if engine == "parsl":
+        try:
+            module = importlib.import_module("mlip_autopipec.execution.parsl_engine")
+        except ImportError as exc:
+            raise UsageError(
+                f"execution.engine: parsl: cannot load the parsl engine ({exc}); "
+                "install it with: pip install 'mlip-autopipec[cluster]'"
+            ) from exc
+        return cast(AbstractContextManager[Executor], module.make_parsl_executor(execution_cfg))
+    raise UsageError(f"execution.engine: unknown engine {engine!r} (use 'local' or 'parsl')")

@@ -1,0 +1,387 @@
+"""The resumable labelling loop: the single writer of the store.
+
+Workers (threads or parsl) only run attempts and return AttemptResults; this loop records
+each one, moves the structure through the lifecycle table and asks the oracle for the
+next attempt. Every move is committed before the next side effect (submitting pw.x), so a
+SIGKILL at any moment loses at most the attempts that were in flight: on the next run
+those structures are requeued, their half-written attempt folders renamed aside
+(``attempt-03.interrupted-1``) and never read, and finished labels are never recomputed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from mlip_autopipec import process
+from mlip_autopipec.errors import AutopipecError, Interrupted
+from mlip_autopipec.lifecycle.machine import (
+    DEFAULT_PERMANENT,
+    PENDING,
+    RUNNING,
+    SCF_RETRY,
+    Lifecycle,
+)
+from mlip_autopipec.lifecycle.progress import Progress
+from mlip_autopipec.lifecycle.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks for signals and progress redraws while attempts run.
+POLL = 0.25
+
+_ATTEMPT_DIR = re.compile(r"^attempt-(\d+)$")
+
+
+class Oracle(Protocol):
+    """What the runner needs from an oracle (``EspressoOracle`` satisfies it)."""
+
+    def preflight(self, atoms: Any) -> Any | None: ...
+
+    def next_request(
+        self, structure_id: int, atoms: Any, history: list[Any], workdir: Path
+    ) -> Any | None: ...
+
+
+def structure_workdir(run_dir: Path, structure_id: int) -> Path:
+    """Where the attempts of one structure live: ``RUN_DIR/structures/000042``."""
+    return run_dir / "structures" / f"{structure_id:06d}"
+
+
+def set_aside(attempt_dir: Path) -> Path | None:
+    """Rename an untrusted attempt folder to ``<name>.interrupted-<k>``; returns the new path."""
+    if not attempt_dir.exists():
+        return None
+    k = 1
+    while (target := attempt_dir.with_name(f"{attempt_dir.name}.interrupted-{k}")).exists():
+        k += 1
+    attempt_dir.rename(target)
+    return target
+
+
+def set_aside_unrecorded(workdir: Path, recorded: set[int]) -> list[Path]:
+    """Set aside every ``attempt-NN`` folder in ``workdir`` without a recorded result."""
+    if not workdir.is_dir():
+        return []
+    moved = []
+    for child in sorted(workdir.iterdir()):
+        m = _ATTEMPT_DIR.match(child.name)
+        if m and child.is_dir() and int(m.group(1)) not in recorded:
+            target = set_aside(child)
+            if target is not None:
+                moved.append(target)
+    return moved
+
+
+def _default_permanent() -> frozenset[str]:
+    try:
+        oracle_module = importlib.import_module("mlip_autopipec.oracle")
+        return frozenset(oracle_module.PERMANENT)
+    except (ImportError, AttributeError):
+        return DEFAULT_PERMANENT
+
+
+def _default_from_dict() -> Callable[[dict[str, Any]], Any]:
+    oracle_module = importlib.import_module("mlip_autopipec.oracle")
+    from_dict: Callable[[dict[str, Any]], Any] = oracle_module.AttemptResult.from_dict
+    return from_dict
+
+
+class _Stop:
+    """Signal bookkeeping: the handler only records; the loop does the work."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.fatal: BaseException | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None or self.fatal is not None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
+class _Runner:
+    def __init__(
+        self,
+        store: Store,
+        oracle: Oracle,
+        run_attempt_fn: Callable[[Any], Any],
+        executor: Executor,
+        run_dir: Path,
+        progress: Progress | None,
+        max_inflight: int,
+        permanent: frozenset[str],
+        result_from_dict: Callable[[dict[str, Any]], Any] | None,
+    ):
+        self.store = store
+        self.oracle = oracle
+        self.run_fn = run_attempt_fn
+        self.executor = executor
+        self.run_dir = run_dir
+        self.progress = progress
+        self.max_inflight = max_inflight
+        self.permanent = permanent
+        self._from_dict = result_from_dict
+        self.life = Lifecycle(store, permanent)
+        self.inflight: dict[Future[Any], tuple[int, Any]] = {}
+        self.history: dict[int, list[Any]] = {}
+        self.atoms: dict[int, Any] = {}
+        self.stop = _Stop()
+        self.attempts = store.total_attempts()
+        self.counts = store.counts()
+
+    # -- bookkeeping helpers ------------------------------------------------------------
+    def _move(self, sid: int, trigger: str, **kwargs: Any) -> str:
+        old = self.life.model(sid).state
+        new = self.life.fire(sid, trigger, **kwargs)
+        self.counts[old] -= 1
+        self.counts[new] += 1
+        if kwargs.get("result") is not None and not kwargs.get("preflight"):
+            self.attempts += 1
+        return new
+
+    def _event(self, message: str) -> None:
+        log.info(message)
+        if self.progress is not None:
+            self.progress.event(message)
+
+    def _tick(self, force: bool = False) -> None:
+        if self.progress is not None:
+            self.progress.update(self.counts, self.attempts, force=force)
+
+    def _done(self, sid: int) -> None:
+        self.life.release(sid)
+        self.history.pop(sid, None)
+        self.atoms.pop(sid, None)
+
+    def _history(self, sid: int) -> list[Any]:
+        if sid not in self.history:
+            stored = self.store.attempts_of(sid)
+            if stored and self._from_dict is None:
+                self._from_dict = _default_from_dict()
+            from_dict = self._from_dict
+            self.history[sid] = [from_dict(d) for d in stored] if from_dict is not None else []
+        return self.history[sid]
+
+    # -- resume -------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Requeue what a killed run left in flight and set its attempt folders aside."""
+        stale = self.store.ids_in_state(RUNNING, SCF_RETRY)
+        if not stale:
+            return
+        self.store.bulk_transition(stale, "requeue", note="resume: in-flight attempt not trusted")
+        for sid in stale:
+            moved = set_aside_unrecorded(
+                structure_workdir(self.run_dir, sid), self.store.attempt_numbers(sid)
+            )
+            for path in moved:
+                log.info("structure %d: set aside unfinished %s", sid, path.name)
+        self.counts = self.store.counts()
+        self._event(f"resume: {len(stale)} interrupted structure(s) requeued")
+
+    # -- submitting ---------------------------------------------------------------------
+    def _submit(self, sid: int, request: Any) -> None:
+        # An attempt folder with this number can only be left over from a killed run
+        # (results are recorded before the next number is handed out): never trust it.
+        moved = set_aside(Path(request.attempt_dir))
+        if moved is not None:
+            log.info("structure %d: set aside unfinished %s", sid, moved.name)
+        future = self.executor.submit(self.run_fn, request)
+        self.inflight[future] = (sid, request)
+
+    def begin(self, sid: int) -> None:
+        """Preflight a pending structure and submit its first (next) attempt."""
+        atoms = self.store.atoms_of(sid)
+        pre = self.oracle.preflight(atoms)
+        if pre is not None:
+            self._move(sid, "quarantine", result=pre, preflight=True)
+            self._event(f"structure {sid}: failed preflight: {pre.failure_class}: {pre.message}")
+            self._done(sid)
+            return
+        history = self._history(sid)
+        workdir = structure_workdir(self.run_dir, sid)
+        request = self.oracle.next_request(sid, atoms, list(history), workdir)
+        if request is None:
+            last = history[-1] if history else None
+            self._move(
+                sid,
+                "quarantine",
+                failure_class=last.failure_class if last is not None else "no_attempt",
+                message=f"no further attempt after {len(history)}"
+                + (f"; last: {last.message}" if last is not None else ""),
+            )
+            self._event(f"structure {sid}: quarantined (no further attempt)")
+            self._done(sid)
+            return
+        self.atoms[sid] = atoms
+        self._move(sid, "start", number=request.number)
+        self._submit(sid, request)
+
+    # -- collecting ---------------------------------------------------------------------
+    def finish(self, future: Future[Any]) -> None:
+        """Record one finished attempt and decide: label, retry or quarantine."""
+        sid, request = self.inflight.pop(future)
+        try:
+            result = future.result()
+        except AutopipecError as exc:
+            # pw.x cannot be run at all (e.g. OracleError): stop the run, keep the structure.
+            self.stop.fatal = exc
+            self._move(sid, "requeue", note=f"stopped: {exc}")
+            self._done(sid)
+            return
+        except Exception as exc:  # a bug in a worker must not take the whole run down
+            self._move(
+                sid,
+                "quarantine",
+                failure_class="worker_error",
+                message=f"attempt {request.number} raised {type(exc).__name__}: {exc}",
+            )
+            self._event(f"structure {sid}: quarantined: worker raised {type(exc).__name__}")
+            self._done(sid)
+            return
+        if self.stop and not result.ok:
+            # The attempt was (probably) killed by our own graceful stop: not a diagnosis.
+            self._move(sid, "requeue", note="stopped by signal")
+            self._done(sid)
+            return
+        if result.ok:
+            self._move(sid, "label", result=result)
+            self._event(
+                f"structure {sid}: labelled (attempt {result.number}, E = {result.energy:.6f} eV)"
+            )
+            self._done(sid)
+            return
+        history = self._history(sid)
+        history.append(result)
+        if str(result.failure_class) in self.permanent:
+            self._move(sid, "quarantine", result=result)
+            self._event(f"structure {sid}: quarantined: {result.failure_class}: {result.message}")
+            self._done(sid)
+            return
+        nxt = self.oracle.next_request(
+            sid, self.atoms[sid], list(history), structure_workdir(self.run_dir, sid)
+        )
+        if nxt is None:
+            self._move(
+                sid,
+                "quarantine",
+                result=result,
+                message=f"retries exhausted after {len(history)} attempt(s); "
+                f"last: {result.message}",
+            )
+            self._event(
+                f"structure {sid}: quarantined after {len(history)} attempts: "
+                f"{result.failure_class}"
+            )
+            self._done(sid)
+            return
+        self._move(sid, "retry", result=result)
+        self._submit(sid, nxt)
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, pending: Iterable[int]) -> dict[str, int]:
+        queue = deque(pending)
+        if self.progress is not None:
+            self.progress.start(self.counts)
+        while (queue or self.inflight) and not self.stop:
+            while queue and len(self.inflight) < self.max_inflight and not self.stop:
+                self.begin(queue.popleft())
+            if not self.inflight:
+                continue
+            done, _ = wait(list(self.inflight), timeout=POLL, return_when=FIRST_COMPLETED)
+            for future in done:
+                self.finish(future)
+            self._tick()
+        if self.stop:
+            self.shutdown()
+        self._tick(force=True)
+        if self.progress is not None:
+            self.progress.finish(self.counts, self.attempts)
+        return dict(self.counts)
+
+    def shutdown(self) -> None:
+        """Graceful stop: kill pw.x children, record what finished, requeue the rest."""
+        if self.stop.signum is not None:
+            self._event(f"signal {self.stop.signum}: stopping running attempts")
+        process.terminate_all()
+        for future in list(self.inflight):
+            future.cancel()
+        while self.inflight:
+            future = next(iter(self.inflight))
+            if future.cancelled():
+                sid, _ = self.inflight.pop(future)
+                self._move(sid, "requeue", note="stopped before it started")
+                self._done(sid)
+                continue
+            wait([future])
+            self.finish(future)
+        # structures left between a retry and its submission
+        for sid in self.store.ids_in_state(RUNNING, SCF_RETRY):
+            self._move(sid, "requeue", note="stopped")
+            self._done(sid)
+
+
+def label_all(
+    store: Store,
+    oracle: Oracle,
+    run_attempt_fn: Callable[[Any], Any],
+    executor: Executor,
+    run_dir: Path,
+    progress: Progress | None = None,
+    *,
+    max_inflight: int | None = None,
+    permanent: Iterable[str] | None = None,
+    result_from_dict: Callable[[dict[str, Any]], Any] | None = None,
+    handle_signals: bool = True,
+) -> dict[str, int]:
+    """Label every pending structure; returns the counts per state at the end.
+
+    Resumes a killed run first (structures left ``running``/``scf_retry`` are requeued,
+    their unrecorded attempt folders set aside). ``max_inflight`` defaults to the
+    executor's worker count: one attempt per structure at a time, never more attempts in
+    flight than workers. ``permanent`` defaults to ``mlip_autopipec.oracle.PERMANENT``;
+    ``result_from_dict`` (to rebuild a resumed structure's history) to
+    ``AttemptResult.from_dict``. With ``handle_signals`` (and on the main thread),
+    SIGINT/SIGTERM stop gracefully: pw.x children are terminated, every state is written
+    and :class:`~mlip_autopipec.errors.Interrupted` is raised (exit 130/143).
+    """
+    if max_inflight is None:
+        max_inflight = int(getattr(executor, "_max_workers", 0) or os.cpu_count() or 1)
+    runner = _Runner(
+        store,
+        oracle,
+        run_attempt_fn,
+        executor,
+        Path(run_dir),
+        progress,
+        max(1, max_inflight),
+        frozenset(permanent) if permanent is not None else _default_permanent(),
+        result_from_dict,
+    )
+    installed: dict[int, Any] = {}
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            installed[signum] = signal.signal(signum, runner.stop.handler)
+    try:
+        runner.resume()
+        counts = runner.run(store.ids_in_state(PENDING))
+    finally:
+        for number, previous in installed.items():
+            signal.signal(number, previous)
+    if runner.stop.fatal is not None:
+        raise runner.stop.fatal
+    if runner.stop.signum is not None:
+        raise Interrupted(runner.stop.signum)
+    return counts

@@ -1,0 +1,94 @@
+"""``autopipec status``: the state of every structure and of the potential.
+
+:func:`status_json` returns exactly the documented shape (scripts rely on it)::
+
+    {"counts": {state: n},
+     "structures": [{"id", "state", "attempts", "failure", "energy_ev"}],
+     "potential": null | {"path", "rmse_energy_mev_per_atom", "rmse_forces_mev_per_ang",
+                          "n_train", "n_test"}}
+
+The potential's RMSE values are the TEST-set figures (structures held out of the fit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlip_autopipec.errors import UsageError
+from mlip_autopipec.lifecycle.machine import STATES
+from mlip_autopipec.lifecycle.store import DB_NAME, Store
+
+
+def _test_value(metric: Any) -> float | None:
+    if isinstance(metric, dict):
+        metric = metric.get("test")
+    return None if metric is None else float(metric)
+
+
+def status_json(run_dir: Path | str) -> dict[str, Any]:
+    """The status of ``run_dir`` as plain JSON-able data (see the module docstring).
+
+    Raises :class:`UsageError` when ``run_dir`` is missing or not a run directory.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    if not (run_dir / DB_NAME).is_file():
+        raise UsageError(
+            f"{run_dir}: not a run directory (no {DB_NAME}); start one with 'autopipec run RECIPE'"
+        )
+    with Store.open(run_dir, create=False) as store:
+        counts = store.counts()
+        structures = [
+            {
+                "id": row["id"],
+                "state": row["state"],
+                "attempts": row["attempts"],
+                "failure": row["failure"],
+                "energy_ev": row["energy_ev"],
+            }
+            for row in store.structure_rows()
+        ]
+        latest = store.latest_potential()
+    potential = None
+    if latest is not None:
+        metrics = latest["metrics"]
+        potential = {
+            "path": latest["path"],
+            "rmse_energy_mev_per_atom": _test_value(metrics.get("rmse_energy_mev_per_atom")),
+            "rmse_forces_mev_per_ang": _test_value(metrics.get("rmse_forces_mev_per_ang")),
+            "n_train": latest["n_train"],
+            "n_test": latest["n_test"],
+        }
+    return {"counts": counts, "structures": structures, "potential": potential}
+
+
+def render_table(data: dict[str, Any]) -> str:
+    """A table for people from :func:`status_json` data."""
+    lines = ["  ".join(f"{s}: {data['counts'].get(s, 0)}" for s in STATES)]
+    rows = [("id", "state", "attempts", "energy (eV)", "failure")]
+    for s in data["structures"]:
+        energy = "" if s["energy_ev"] is None else f"{s['energy_ev']:.6f}"
+        rows.append((str(s["id"]), s["state"], str(s["attempts"]), energy, s["failure"] or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines.append("")
+    for r in rows:
+        cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2])]
+        cells.append(r[3].rjust(widths[3]))
+        lines.append("  ".join([*cells, r[4]]).rstrip())
+    lines.append("")
+    pot = data["potential"]
+    if pot is None:
+        lines.append("potential: none fitted yet")
+    else:
+        e = pot["rmse_energy_mev_per_atom"]
+        f = pot["rmse_forces_mev_per_ang"]
+        e_txt = "n/a" if e is None else f"{e:.2f} meV/atom"
+        f_txt = "n/a" if f is None else f"{f:.1f} meV/Å"
+        lines.append(f"potential: {pot['path']}")
+        lines.append(
+            f"  test-set RMSE: energy {e_txt}, forces {f_txt} "
+            f"({pot['n_train']} train / {pot['n_test']} test structures)"
+        )
+    return "\n".join(lines)
