@@ -1,0 +1,459 @@
+"""Run pw.x attempts through Parsl (``execution.engine: parsl``): Slurm pilot jobs or local.
+
+The runner stays the single writer of the store; this module only changes *where* an attempt
+runs. :func:`make_parsl_executor` turns the recipe's plain-terms ``execution.parsl`` section into
+a Parsl :class:`~parsl.config.Config` (a HighThroughputExecutor on a Slurm or local provider) and
+yields an object whose ``submit(fn, *args)`` returns a :class:`concurrent.futures.Future`.
+
+Parsl is an optional extra (``pip install 'mlip-autopipec[cluster]'``); it is imported lazily so
+the local engine never needs it. The DataFlowKernel always lives inside a ``with`` block: leaving
+it (normally or by an exception) shuts the interchange down and cancels every pilot job.
+
+Lost workers (a pilot job scancelled or hitting its walltime mid-attempt) make the task's future
+raise ``ManagerLost``/``WorkerLost``. Parsl itself retries such tasks ``lost_worker_retries``
+times (only those: an attempt never raises for pw.x failures); when the retries are exhausted the
+runner sees the exception and should requeue the attempt, see :func:`is_lost_worker_error`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlip_autopipec.errors import UsageError
+
+if TYPE_CHECKING:
+    from parsl.config import Config
+    from parsl.dataflow.dflow import DataFlowKernel
+    from parsl.dataflow.taskrecord import TaskRecord
+
+#: Exception class names (from ``parsl.executors.high_throughput.errors``) that mean the worker
+#: running a task disappeared: the task itself did not fail. Matched by name and module so this
+#: check works without importing Parsl.
+LOST_WORKER_ERRORS = frozenset({"ManagerLost", "WorkerLost"})
+
+#: Programs recognised as MPI launchers at the start of ``oracle.command``; such commands are
+#: left alone (the user already chose how to launch pw.x).
+MPI_LAUNCHERS = frozenset(
+    {"mpirun", "mpiexec", "orterun", "srun", "aprun", "jsrun", "mpiexec.hydra"}
+)
+
+#: OpenMPI reads these from the environment. Inside a pilot job Slurm grants one task per node
+#: (Parsl starts one worker pool per node), so OpenMPI counts one slot and ``mpirun -np 2`` fails
+#: with "not enough slots". HTEX already limits how many attempts share a node
+#: (cores // cores_per_task), so the slot check is redundant: allow oversubscription, and do not
+#: bind ranks to cores, or two concurrent ``mpirun -np 2`` would both pin to cores 0 and 1.
+#: Other MPI implementations ignore these variables.
+OPENMPI_ENV = {
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "OMPI_MCA_hwloc_base_binding_policy": "none",
+}
+
+_WALLTIME = re.compile(r"^\d{1,3}:[0-5]\d:[0-5]\d$")
+
+_KNOWN_KEYS = frozenset(
+    {
+        "provider",
+        "partition",
+        "account",
+        "qos",
+        "nodes_per_block",
+        "max_blocks",
+        "walltime",
+        "cores_per_task",
+        "cores_per_node",
+        "mpi_launcher",
+        "worker_init",
+        "scheduler_options",
+        "exclusive",
+        "heartbeat_period",
+        "heartbeat_threshold",
+        "lost_worker_retries",
+        "status_poll_seconds",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ParslSettings:
+    """The recipe's ``execution.parsl`` section, checked and with defaults filled in."""
+
+    provider: str = "local"  # "slurm" or "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes_per_block: int = 1
+    max_blocks: int = 1
+    walltime: str = "01:00:00"
+    cores_per_task: int = 1
+    #: Cores per node; None lets each pilot job count the cores it sees.
+    cores_per_node: int | None = None
+    #: None: ``mpirun -np {cores}`` when cores_per_task > 1, nothing otherwise.
+    #: "none": never prefix. Otherwise a launcher name or a template containing ``{cores}``.
+    mpi_launcher: str | None = None
+    worker_init: str = ""
+    scheduler_options: str = ""
+    exclusive: bool = True
+    heartbeat_period: int = 30
+    heartbeat_threshold: int = 120
+    lost_worker_retries: int = 2
+    #: How often Parsl asks Slurm (squeue/sacct) about its pilot jobs. A cancelled pilot is only
+    #: replaced after the next poll, so this bounds the recovery delay after a lost block.
+    status_poll_seconds: int = 60
+    #: Explicit cap on concurrent attempts per node (``execution.workers``); None: derived.
+    workers_per_node: int | None = None
+
+
+def _where(key: str) -> str:
+    return f"execution.parsl.{key}"
+
+
+def _positive_int(raw: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{_where(key)}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{_where(key)}: expected a string, got {value!r}")
+    return value
+
+
+def parse_parsl_settings(execution_cfg: Mapping[str, Any]) -> ParslSettings:
+    """Check ``execution_cfg["parsl"]`` and return it with defaults filled in.
+
+    Raises :class:`~mlip_autopipec.errors.UsageError` naming the offending key. The recipe
+    schema validates the same keys earlier; this guards direct (API) use.
+    """
+    raw = execution_cfg.get("parsl") or {}
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"execution.parsl: expected a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        raise UsageError(
+            f"execution.parsl: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_KNOWN_KEYS))}"
+        )
+    provider = raw.get("provider") or "local"
+    if provider not in ("slurm", "local"):
+        raise UsageError(f"{_where('provider')}: expected 'slurm' or 'local', got {provider!r}")
+    walltime = raw.get("walltime") or ParslSettings.walltime
+    if not isinstance(walltime, str) or not _WALLTIME.match(walltime):
+        raise UsageError(f"{_where('walltime')}: expected 'HH:MM:SS', got {walltime!r}")
+    exclusive = raw.get("exclusive", True)
+    if not isinstance(exclusive, bool):
+        raise UsageError(f"{_where('exclusive')}: expected true or false, got {exclusive!r}")
+    cores_per_node = raw.get("cores_per_node")
+    if cores_per_node is not None:
+        cores_per_node = _positive_int(raw, "cores_per_node", 1)
+    workers = execution_cfg.get("workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UsageError(f"execution.workers: expected an integer, got {workers!r}")
+    settings = ParslSettings(
+        provider=provider,
+        partition=_optional_str(raw, "partition"),
+        account=_optional_str(raw, "account"),
+        qos=_optional_str(raw, "qos"),
+        nodes_per_block=_positive_int(raw, "nodes_per_block", 1),
+        max_blocks=_positive_int(raw, "max_blocks", 1),
+        walltime=walltime,
+        cores_per_task=_positive_int(raw, "cores_per_task", 1),
+        cores_per_node=cores_per_node,
+        mpi_launcher=_optional_str(raw, "mpi_launcher"),
+        worker_init=_optional_str(raw, "worker_init") or "",
+        scheduler_options=_optional_str(raw, "scheduler_options") or "",
+        exclusive=exclusive,
+        heartbeat_period=_positive_int(raw, "heartbeat_period", 30),
+        heartbeat_threshold=_positive_int(raw, "heartbeat_threshold", 120),
+        lost_worker_retries=_positive_int(raw, "lost_worker_retries", 2, minimum=0),
+        status_poll_seconds=_positive_int(raw, "status_poll_seconds", 60),
+        workers_per_node=workers,
+    )
+    if settings.heartbeat_threshold <= settings.heartbeat_period:
+        raise UsageError(
+            f"{_where('heartbeat_threshold')}: must exceed heartbeat_period "
+            f"({settings.heartbeat_threshold} <= {settings.heartbeat_period})"
+        )
+    if settings.cores_per_node is not None and settings.cores_per_node < settings.cores_per_task:
+        raise UsageError(
+            f"{_where('cores_per_node')}: {settings.cores_per_node} is fewer than "
+            f"cores_per_task ({settings.cores_per_task})"
+        )
+    launcher_argv(settings)  # reject a malformed template now, not inside a worker
+    return settings
+
+
+def launcher_argv(settings: ParslSettings) -> list[str]:
+    """The argv prefix that launches one pw.x on ``cores_per_task`` cores (may be empty).
+
+    ``mpi_launcher`` None means ``mpirun -np {cores}`` when cores_per_task > 1; "none" means no
+    prefix; a bare launcher name gets ``-np {cores}`` (``-n`` for srun); a string containing
+    ``{cores}`` is split with shlex and used as given.
+    """
+    cores = settings.cores_per_task
+    spec = settings.mpi_launcher
+    if spec is None:
+        spec = "mpirun" if cores > 1 else "none"
+    if spec.strip().lower() == "none":
+        return []
+    if "{cores}" in spec:
+        try:
+            return [part.format(cores=cores) for part in shlex.split(spec)]
+        except (ValueError, KeyError, IndexError) as exc:
+            raise UsageError(f"{_where('mpi_launcher')}: cannot use {spec!r}: {exc}") from exc
+    try:
+        parts = shlex.split(spec)
+    except ValueError as exc:
+        raise UsageError(f"{_where('mpi_launcher')}: cannot split {spec!r}: {exc}") from exc
+    if not parts:
+        return []
+    flag = "-n" if Path(parts[0]).name == "srun" else "-np"
+    return [*parts, flag, str(cores)]
+
+
+def with_launcher(argv: Sequence[str], prefix: Sequence[str]) -> list[str]:
+    """``prefix + argv`` unless argv already starts with an MPI launcher or prefix is empty."""
+    argv = list(argv)
+    if not prefix or (argv and Path(argv[0]).name in MPI_LAUNCHERS):
+        return argv
+    return [*prefix, *argv]
+
+
+def venv_bin() -> Path:
+    """The directory of the running interpreter: it holds ``process_worker_pool.py``."""
+    return Path(sys.executable).parent
+
+
+def build_worker_init(settings: ParslSettings) -> str:
+    """Shell lines run at the start of every pilot job / local block.
+
+    The interpreter's bin goes first on PATH (HTEX starts ``process_worker_pool.py`` from PATH,
+    and the workers must unpickle this package's objects); the user's ``worker_init`` runs after
+    it so an explicit activation wins.
+    """
+    lines = [f'export PATH={shlex.quote(str(venv_bin()))}:"$PATH"']
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in OPENMPI_ENV.items()]
+    if settings.worker_init.strip():
+        lines.append(settings.worker_init.strip())
+    return "\n".join(lines) + "\n"
+
+
+def _scheduler_options(settings: ParslSettings) -> str:
+    lines = []
+    if settings.qos:
+        lines.append(f"#SBATCH --qos={settings.qos}")
+    for line in settings.scheduler_options.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        # Accept bare options ("--mem=8G") as well as full "#SBATCH --mem=8G" lines.
+        lines.append(line if line.startswith("#") else f"#SBATCH {line}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def build_config(settings: ParslSettings, workers: int, run_dir: Path) -> Config:
+    """The Parsl Config for these settings; Parsl writes its logs and job scripts in run_dir.
+
+    ``workers`` caps concurrent attempts for the local provider; on Slurm each pilot node runs
+    ``cores // cores_per_task`` attempts unless ``execution.workers`` was set explicitly.
+    """
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.launchers import SingleNodeLauncher, SrunLauncher
+    from parsl.providers import LocalProvider
+    from parsl.providers.base import ExecutionProvider
+
+    worker_init = build_worker_init(settings)
+    provider: ExecutionProvider
+    if settings.provider == "slurm":
+        provider = _slurm_provider_class()(
+            settings.status_poll_seconds,
+            partition=settings.partition,
+            account=settings.account,
+            nodes_per_block=settings.nodes_per_block,
+            cores_per_node=settings.cores_per_node,
+            init_blocks=1,
+            min_blocks=0,
+            max_blocks=settings.max_blocks,
+            walltime=settings.walltime,
+            scheduler_options=_scheduler_options(settings),
+            worker_init=worker_init,
+            exclusive=settings.exclusive,
+            # One worker pool per node: srun spreads them over a multi-node block.
+            launcher=(SingleNodeLauncher() if settings.nodes_per_block == 1 else SrunLauncher()),
+        )
+        max_workers = settings.workers_per_node
+        address = None  # compute nodes try every address of the submitting host
+    else:
+        provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, worker_init=worker_init)
+        max_workers = max(1, workers)
+        address = "127.0.0.1"
+    executor = HighThroughputExecutor(
+        label="autopipec",
+        provider=provider,
+        address=address,
+        cores_per_worker=settings.cores_per_task,
+        max_workers_per_node=max_workers,
+        heartbeat_period=settings.heartbeat_period,
+        heartbeat_threshold=settings.heartbeat_threshold,
+        # Started on this host with this interpreter, so PATH needs no venv here.
+        interchange_launch_cmd=[sys.executable, str(_interchange_script())],
+        worker_logdir_root=str(run_dir / "workers"),
+    )
+    return Config(
+        executors=[executor],
+        run_dir=str(run_dir),
+        retries=settings.lost_worker_retries,
+        retry_handler=_retry_only_lost_workers(settings.lost_worker_retries),
+        strategy="simple",
+        strategy_period=2,
+        usage_tracking=0,
+        exit_mode="cleanup",
+    )
+
+
+def _slurm_provider_class() -> type:
+    """SlurmProvider with a settable status polling interval (Parsl hard-codes 60 s)."""
+    from parsl.providers import SlurmProvider
+
+    class _SlurmProvider(SlurmProvider):
+        def __init__(self, poll_seconds: int, **kwargs: Any):
+            super().__init__(**kwargs)
+            self._poll_seconds = poll_seconds
+
+        @property
+        def status_polling_interval(self) -> int:
+            return self._poll_seconds
+
+    return _SlurmProvider
+
+
+def _interchange_script() -> Path:
+    import parsl.executors.high_throughput.interchange as interchange
+
+    return Path(interchange.__file__)
+
+
+def _retry_only_lost_workers(retries: int) -> Callable[[BaseException, TaskRecord], float]:
+    """A Parsl retry_handler: retry lost-worker failures only, never anything else."""
+
+    def handler(exc: BaseException, _task: TaskRecord) -> float:
+        return 1.0 if is_lost_worker_error(exc) else float(retries + 1)
+
+    return handler
+
+
+def is_lost_worker_error(exc: BaseException) -> bool:
+    """True when ``exc`` (raised by a future) means the worker vanished, not the attempt.
+
+    The runner must then requeue the same attempt (same number, same directory) without
+    counting it as a pw.x failure and without changing the structure's state.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cls = type(current)
+        if cls.__name__ in LOST_WORKER_ERRORS and cls.__module__.startswith("parsl."):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class ParslExecutor:
+    """What :func:`make_parsl_executor` yields: ``submit(fn, *args)`` -> Future."""
+
+    def __init__(self, dfk: DataFlowKernel, settings: ParslSettings):
+        self._dfk = dfk
+        self._settings = settings
+        self._prefix = launcher_argv(settings)
+        self._apps: dict[Callable[..., Any], Callable[..., Future[Any]]] = {}
+
+    @property
+    def settings(self) -> ParslSettings:
+        """The settings this executor was built from."""
+        return self._settings
+
+    def prepare(self, arg: Any) -> Any:
+        """Add the MPI launcher to a request's ``argv`` (a copy; requests are frozen)."""
+        if dataclasses.is_dataclass(arg) and not isinstance(arg, type) and hasattr(arg, "argv"):
+            argv = with_launcher(arg.argv, self._prefix)
+            if list(argv) != list(arg.argv):
+                return dataclasses.replace(arg, argv=type(arg.argv)(argv))
+        return arg
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` on a Parsl worker; fn must be importable (module level)."""
+        from parsl import python_app
+
+        app = self._apps.get(fn)
+        if app is None:
+            app = python_app(fn, data_flow_kernel=self._dfk, executors=["autopipec"])
+            self._apps[fn] = app
+        return app(*(self.prepare(a) for a in args), **kwargs)
+
+
+def _cancel_leftover_blocks(dfk: DataFlowKernel) -> None:
+    """Cancel pilot jobs Parsl left running (it skips scaling in an executor in bad state)."""
+    from parsl.executors.status_handling import BlockProviderExecutor
+
+    for executor in dfk.executors.values():
+        if not isinstance(executor, BlockProviderExecutor) or executor.provider is None:
+            continue
+        live = [
+            executor.blocks_to_job_id[block_id]
+            for block_id, status in executor.status_facade.items()
+            if not status.terminal and block_id in executor.blocks_to_job_id
+        ]
+        if live:
+            executor.provider.cancel(live)
+
+
+@contextmanager
+def make_parsl_executor(
+    execution_cfg: dict[str, Any], workers: int, *, run_dir: Path | None = None
+) -> Iterator[ParslExecutor]:
+    """Start Parsl for ``execution_cfg`` and yield an executor; stop everything on exit.
+
+    ``run_dir`` holds Parsl's logs, pilot job scripts and their stdout/stderr (on a cluster it
+    must be on a filesystem the compute nodes see; the runner passes ``<run dir>/parsl``); None
+    uses a temporary directory removed on exit. Raises UsageError when Parsl is not installed or
+    the settings are wrong.
+    """
+    settings = parse_parsl_settings(execution_cfg)
+    try:
+        from parsl.dataflow.dflow import DataFlowKernel
+    except ImportError as exc:
+        raise UsageError(
+            "execution.engine: parsl needs the 'cluster' extra: "
+            "pip install 'mlip-autopipec[cluster]'"
+        ) from exc
+    with ExitStack() as stack:
+        if run_dir is None:
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="parsl-")))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dfk = DataFlowKernel(build_config(settings, workers, run_dir))
+        try:
+            yield ParslExecutor(dfk, settings)
+        finally:
+            try:
+                # Job status polling stops here, so read the block states before cleanup.
+                dfk.cleanup()
+            finally:
+                _cancel_leftover_blocks(dfk)
