@@ -28,10 +28,14 @@ def test_second_runner_is_refused_with_the_pid(tmp_path):
 
 def test_lock_held_by_another_process(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from mlip_autopipec.lifecycle.lock import RunLock; "
-         f"l = RunLock({str(tmp_path)!r}).acquire(); print('ok', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mlip_autopipec.lifecycle.lock import RunLock; "
+            f"l = RunLock({str(tmp_path)!r}).acquire(); print('ok', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"

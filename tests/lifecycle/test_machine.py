@@ -174,8 +174,12 @@ class LifecycleStateMachine(RuleBasedStateMachine):
         for sid in chosen:
             self.life.release(sid)
         pid = self.store.record_potential(
-            path="p.yace", metrics={}, baseline={}, pacemaker_version="x",
-            train_ids=chosen, test_ids=[],
+            path="p.yace",
+            metrics={},
+            baseline={},
+            pacemaker_version="x",
+            train_ids=chosen,
+            test_ids=[],
         )
         self.store.mark_trained(chosen, pid)
         for sid in chosen:

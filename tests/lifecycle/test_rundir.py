@@ -12,7 +12,12 @@ import pytest
 
 from mlip_autopipec.errors import RecipeChangedError, RunLockedError
 from mlip_autopipec.lifecycle.lock import RunLock
-from mlip_autopipec.lifecycle.rundir import RECIPE_COPY, RECIPE_DATA, compare_recipes, prepare_run_dir
+from mlip_autopipec.lifecycle.rundir import (
+    RECIPE_COPY,
+    RECIPE_DATA,
+    compare_recipes,
+    prepare_run_dir,
+)
 
 BASE: dict[str, Any] = {
     "name": "si",
@@ -24,8 +29,11 @@ BASE: dict[str, Any] = {
         "pseudopotentials": {"Si": "Si.pbe-n-rrkjus_psl.1.0.0.UPF"},
         "kspacing": 0.25,
         "koffset": [0, 0, 0],
-        "input_data": {"control": {}, "system": {"ecutwfc": 30, "ecutrho": 240},
-                       "electrons": {"conv_thr": 1e-8}},
+        "input_data": {
+            "control": {},
+            "system": {"ecutwfc": 30, "ecutrho": 240},
+            "electrons": {"conv_thr": 1e-8},
+        },
         "timeout": 1800,
         "min_distance": 0.5,
         "retry": {"max_attempts": 6, "ladders": {}},
@@ -69,16 +77,19 @@ _DELETE = object()
         ({"structures": [*BASE["structures"], {"file": "more.xyz"}]}, []),
         ({"oracle__input_data__system__ecutwfc": 30.0}, []),  # same number
         ({"oracle__input_data__system__ecutwfc": 40}, ["oracle.input_data.system.ecutwfc"]),
-        ({"oracle__input_data__system__input_dft": "PBEsol"},
-         ["oracle.input_data.system.input_dft"]),
+        (
+            {"oracle__input_data__system__input_dft": "PBEsol"},
+            ["oracle.input_data.system.input_dft"],
+        ),
         ({"oracle__input_data__system__ecutrho": _DELETE}, ["oracle.input_data.system.ecutrho"]),
         ({"oracle__pseudopotentials__Si": "Si.pz-vbc.UPF"}, ["oracle.pseudopotentials.Si"]),
         ({"oracle__kspacing": 0.2}, ["oracle.kspacing"]),
-        ({"oracle__kspacing": None, "oracle__kpts": [4, 4, 4]},
-         ["oracle.kpts", "oracle.kspacing"]),
+        ({"oracle__kspacing": None, "oracle__kpts": [4, 4, 4]}, ["oracle.kpts", "oracle.kspacing"]),
         ({"oracle__koffset": [1, 1, 1]}, ["oracle.koffset"]),
-        ({"oracle__input_data__electrons__conv_thr": 1e-6, "oracle__kspacing": 0.3},
-         ["oracle.input_data.electrons.conv_thr", "oracle.kspacing"]),
+        (
+            {"oracle__input_data__electrons__conv_thr": 1e-6, "oracle__kspacing": 0.3},
+            ["oracle.input_data.electrons.conv_thr", "oracle.kspacing"],
+        ),
     ],
 )
 def test_compare_recipes(edits, expected):

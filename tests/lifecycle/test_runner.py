@@ -45,8 +45,14 @@ def _run(run_dir: Path, executor, oracle=None, **kw):
     store = Store.open(run_dir)
     try:
         return label_all(
-            store, oracle or ScriptedOracle(), run_scripted, executor, run_dir,
-            permanent=PERMANENT, result_from_dict=ScriptedResult.from_dict, **kw,
+            store,
+            oracle or ScriptedOracle(),
+            run_scripted,
+            executor,
+            run_dir,
+            permanent=PERMANENT,
+            result_from_dict=ScriptedResult.from_dict,
+            **kw,
         )
     finally:
         store.close()
@@ -75,8 +81,14 @@ def test_outcomes(tmp_path):
     with Store.open(tmp_path) as store:
         pf = store.add_structure(scripted_atoms(99, ["converged"], "overlapping_atoms"), "pf")
     counts = _run(tmp_path, InlineExecutor())
-    assert counts == {"pending": 0, "running": 0, "scf_retry": 0, "labelled": 3,
-                      "failed": 4, "trained": 0}
+    assert counts == {
+        "pending": 0,
+        "running": 0,
+        "scf_retry": 0,
+        "labelled": 3,
+        "failed": 4,
+        "trained": 0,
+    }
     rows, energies, classes = _snapshot(tmp_path)
     by = dict(zip(names, ids, strict=True))
     assert classes[by["easy"]] == ["converged"]
@@ -130,8 +142,9 @@ def test_every_kill_point_resumes_to_the_same_labels(tmp_path):
         assert "partial" in texts and len(aside) <= 2
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     scripts=st.lists(st.sampled_from(list(SCRIPTS.values())), min_size=1, max_size=8),
     kills=st.lists(st.integers(1, 6), max_size=4),
@@ -177,8 +190,15 @@ def test_worker_errors(tmp_path):
         return run_scripted(request)
 
     with Store.open(tmp_path) as store:
-        counts = label_all(store, ScriptedOracle(), broken, InlineExecutor(), tmp_path,
-                           permanent=PERMANENT, result_from_dict=ScriptedResult.from_dict)
+        counts = label_all(
+            store,
+            ScriptedOracle(),
+            broken,
+            InlineExecutor(),
+            tmp_path,
+            permanent=PERMANENT,
+            result_from_dict=ScriptedResult.from_dict,
+        )
     assert counts["failed"] == 1 and counts["labelled"] == 1
     rows, _, _ = _snapshot(tmp_path)
     assert rows[1][2] == "worker_error: attempt 1 raised ValueError: bug in a worker"
@@ -191,8 +211,15 @@ def test_worker_errors(tmp_path):
 
     try:
         with Store.open(run_dir) as store, pytest.raises(OracleError):
-            label_all(store, ScriptedOracle(), no_pwx, InlineExecutor(), run_dir,
-                      permanent=PERMANENT, result_from_dict=ScriptedResult.from_dict)
+            label_all(
+                store,
+                ScriptedOracle(),
+                no_pwx,
+                InlineExecutor(),
+                run_dir,
+                permanent=PERMANENT,
+                result_from_dict=ScriptedResult.from_dict,
+            )
         assert process.stopping()  # a fatal error stops every other attempt too
     finally:
         process.reset()
@@ -214,8 +241,15 @@ def test_sigterm_stops_gracefully(tmp_path):
     try:
         with ThreadPoolExecutor(2) as ex, Store.open(tmp_path) as store:
             with pytest.raises(Interrupted) as err:
-                label_all(store, ScriptedOracle(), slow, ex, tmp_path,
-                          permanent=PERMANENT, result_from_dict=ScriptedResult.from_dict)
+                label_all(
+                    store,
+                    ScriptedOracle(),
+                    slow,
+                    ex,
+                    tmp_path,
+                    permanent=PERMANENT,
+                    result_from_dict=ScriptedResult.from_dict,
+                )
     finally:
         timer.cancel()
         process.reset()
@@ -238,9 +272,15 @@ def test_progress_plain_and_tty(tmp_path):
     assert "labelling: 3 structures, 3 to do" in text
     assert "structure 2: quarantined: overlapping_atoms" in text
     assert "structure 3: labelled (attempt 2, E = " in text
-    assert text.rstrip().splitlines()[-1].startswith("pending 0 | running 0 | scf_retry 0 | "
-                                                     "labelled 2 | failed 1 | trained 0 | "
-                                                     "attempts 4 | ETA")
+    assert (
+        text.rstrip()
+        .splitlines()[-1]
+        .startswith(
+            "pending 0 | running 0 | scf_retry 0 | "
+            "labelled 2 | failed 1 | trained 0 | "
+            "attempts 4 | ETA"
+        )
+    )
     tty = io.StringIO()
     run2 = tmp_path / "tty"
     _populate(run2, [SCRIPTS["easy"]])

@@ -43,8 +43,14 @@ def test_wal_mode_and_tables(tmp_path):
     conn = sqlite3.connect(tmp_path / DB_NAME)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"structures", "transitions", "attempts", "labels", "potentials",
-            "potential_members"} <= tables
+    assert {
+        "structures",
+        "transitions",
+        "attempts",
+        "labels",
+        "potentials",
+        "potential_members",
+    } <= tables
 
 
 def test_content_hash_is_stable_and_discriminating():
@@ -118,8 +124,10 @@ def test_potentials_members_and_trained(tmp_path):
         _label(store, sid, -1.0 * sid)
     pid = store.record_potential(
         path=tmp_path / "potential.yace",
-        metrics={"rmse_energy_mev_per_atom": {"train": 1.0, "test": 2.5},
-                 "rmse_forces_mev_per_ang": {"train": 30.0, "test": 45.0}},
+        metrics={
+            "rmse_energy_mev_per_atom": {"train": 1.0, "test": 2.5},
+            "rmse_forces_mev_per_ang": {"train": 30.0, "test": 45.0},
+        },
         baseline={"type": "none"},
         pacemaker_version="0.4.0rc1",
         train_ids=ids[:3],
@@ -141,11 +149,16 @@ def test_potentials_members_and_trained(tmp_path):
         "n_train": 3,
         "n_test": 1,
     }
-    assert data["counts"] == {"pending": 1, "running": 0, "scf_retry": 0, "labelled": 0,
-                              "failed": 0, "trained": 4}
+    assert data["counts"] == {
+        "pending": 1,
+        "running": 0,
+        "scf_retry": 0,
+        "labelled": 0,
+        "failed": 0,
+        "trained": 4,
+    }
     row = data["structures"][1]
-    assert row == {"id": 2, "state": "trained", "attempts": 1, "failure": None,
-                   "energy_ev": -2.0}
+    assert row == {"id": 2, "state": "trained", "attempts": 1, "failure": None, "energy_ev": -2.0}
     json.dumps(data)
     table = render_table(data)
     assert "test-set RMSE: energy 2.50 meV/atom, forces 45.0 meV/Å" in table
@@ -157,14 +170,22 @@ def test_status_of_a_failed_structure(tmp_path):
     store = Store.open(tmp_path)
     sid = store.add_structure(scripted_atoms(1, []), "s")
     Lifecycle(store, PERMANENT).fire(
-        sid, "quarantine", result=ScriptedResult(0, "", "overlapping_atoms", "too close"),
+        sid,
+        "quarantine",
+        result=ScriptedResult(0, "", "overlapping_atoms", "too close"),
         preflight=True,
     )
     store.close()
     data = status_json(tmp_path)
-    assert data["structures"] == [{"id": sid, "state": "failed", "attempts": 0,
-                                   "failure": "overlapping_atoms: too close",
-                                   "energy_ev": None}]
+    assert data["structures"] == [
+        {
+            "id": sid,
+            "state": "failed",
+            "attempts": 0,
+            "failure": "overlapping_atoms: too close",
+            "energy_ev": None,
+        }
+    ]
     assert data["potential"] is None
     assert "potential: none fitted yet" in render_table(data)
 
