@@ -1,0 +1,156 @@
+"""Finding pseudopotential files the way pw.x users expect."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlip_autopipec.errors import Diagnostic, RecipeError
+
+if TYPE_CHECKING:
+    from mlip_autopipec.recipe.model import Recipe
+
+#: Where the Debian/Ubuntu package ``quantum-espresso-data`` installs pseudopotentials.
+SYSTEM_PSEUDO_DIR = Path("/usr/share/espresso/pseudo")
+
+_ELEMENT_V2 = re.compile(r'\belement\s*=\s*"\s*([A-Za-z]{1,2})\s*"', re.IGNORECASE)
+_ELEMENT_V1 = re.compile(r"^\s*([A-Za-z]{1,2})\s+Element\b", re.MULTILINE)
+_ELEMENT_INFO = re.compile(r"^\s*Element:\s*([A-Za-z]{1,2})\b", re.MULTILINE)
+_SUGGESTED_ECUTWFC = re.compile(
+    r"Suggested minimum cutoff for wavefunctions:\s*([0-9.]+)\s*Ry", re.IGNORECASE
+)
+#: The header of a UPF file (where element and suggested cutoffs are) is in its first ~10 kB.
+_HEADER_BYTES = 200_000
+
+
+def search_dirs(pseudo_dir: str | Path | None, base_dir: Path) -> list[Path]:
+    """The folders searched for a bare pseudopotential file name, in order."""
+    dirs: list[Path] = []
+    if pseudo_dir:
+        p = Path(pseudo_dir).expanduser()
+        dirs.append(p if p.is_absolute() else base_dir / p)
+    env = os.environ.get("ESPRESSO_PSEUDO")
+    if env:
+        dirs.append(Path(env).expanduser())
+    dirs.append(Path.home() / "espresso" / "pseudo")
+    dirs.append(SYSTEM_PSEUDO_DIR)
+    return dirs
+
+
+def locate(entry: str, dirs: list[Path], base_dir: Path) -> Path | None:
+    """Path of the file named by ``entry`` (also tried with ``.gz``), or None.
+
+    A bare file name is searched in ``dirs``; an entry with a folder part is taken relative
+    to ``base_dir`` (or as is when absolute).
+    """
+    p = Path(entry).expanduser()
+    if p.is_absolute() or len(p.parts) > 1:
+        candidates = [p if p.is_absolute() else base_dir / p]
+    else:
+        candidates = [d / p for d in dirs]
+    for cand in candidates:
+        for c in (cand, cand.with_name(cand.name + ".gz")):
+            if not c.name.endswith(".gz.gz") and c.is_file():
+                return c
+    return None
+
+
+def close_names(entry: str, dirs: list[Path]) -> list[str]:
+    """Existing pseudopotential names in ``dirs`` that look like ``entry`` (for a hint)."""
+    import difflib
+
+    names: set[str] = set()
+    for d in dirs:
+        try:
+            names.update(f.name for f in d.iterdir() if f.is_file())
+        except OSError:
+            continue
+    return difflib.get_close_matches(Path(entry).name, sorted(names), n=2, cutoff=0.75)
+
+
+@dataclass(frozen=True)
+class UpfHeader:
+    """What the header of a UPF file says about itself."""
+
+    element: str | None
+    suggested_ecutwfc: float | None
+
+
+def read_header(path: Path) -> UpfHeader:
+    """Element and suggested wavefunction cutoff from a (possibly gzipped) UPF file.
+
+    Raises OSError if unreadable and ValueError if it does not look like a pseudopotential.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        head = fh.read(_HEADER_BYTES).decode("utf-8", errors="replace")
+    if "PP_HEADER" not in head and "<UPF" not in head and "Element" not in head:
+        raise ValueError("does not look like a UPF pseudopotential (no PP_HEADER)")
+    element = None
+    for pattern in (_ELEMENT_V2, _ELEMENT_INFO, _ELEMENT_V1):
+        m = pattern.search(head)
+        if m:
+            element = m.group(1).capitalize()
+            break
+    cut = _SUGGESTED_ECUTWFC.search(head)
+    return UpfHeader(element, float(cut.group(1)) if cut else None)
+
+
+def _decompress(src: Path, cache_dir: Path) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dest = cache_dir / src.name[: -len(".gz")]
+    # write to a temporary file first: a half-written UPF left by a kill must never be used
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def resolve_pseudopotentials(recipe: Recipe, cache_dir: Path | None) -> dict[str, Path]:
+    """Element -> readable pseudopotential file for every ``oracle.pseudopotentials`` entry.
+
+    Search order for bare names: ``oracle.pseudo_dir``, ``$ESPRESSO_PSEUDO``,
+    ``~/espresso/pseudo``, ``/usr/share/espresso/pseudo``. ``.gz`` files are decompressed
+    into ``cache_dir`` (the runner passes ``RUN_DIR/pseudo``); with ``cache_dir=None`` the
+    ``.gz`` path itself is returned (enough to check that it exists). Raises
+    :class:`RecipeError` if a file has gone missing since validation.
+    """
+    oracle = recipe.data["oracle"]
+    dirs = search_dirs(oracle.get("pseudo_dir"), recipe.base_dir)
+    found: dict[str, Path] = {}
+    problems: list[Diagnostic] = []
+    for element, entry in oracle["pseudopotentials"].items():
+        path = locate(entry, dirs, recipe.base_dir)
+        if path is None:
+            problems.append(
+                Diagnostic(
+                    str(recipe.path),
+                    1,
+                    1,
+                    f"pseudopotential {entry!r} for {element} not found in "
+                    + ", ".join(str(d) for d in dirs),
+                )
+            )
+            continue
+        if path.name.endswith(".gz") and cache_dir is not None:
+            try:
+                path = _decompress(path, cache_dir)
+            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                raise RecipeError(
+                    [Diagnostic(str(recipe.path), 1, 1, f"cannot decompress {path}: {exc}")]
+                ) from exc
+        found[element] = path
+    if problems:
+        raise RecipeError(problems)
+    return found

@@ -1,0 +1,367 @@
+"""The recipe JSON schema: loading, default filling, located error messages, reference docs.
+
+The schema (``mlip_autopipec/schemas/recipe.schema.json``) is the single definition of a
+recipe. Two non-standard annotations are used (2020-12 ignores unknown keywords):
+``x-error`` replaces jsonschema's message for ``pattern``/``not``/``oneOf`` failures of that
+subschema, and ``x-default-unless: key`` skips a default when the sibling ``key`` is given
+(``kspacing`` is not defaulted when ``kpts`` is given).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from mlip_autopipec.errors import Diagnostic
+from mlip_autopipec.recipe._yaml import Path_, Positions
+
+_X_ERROR_VALIDATORS = {"pattern", "not", "oneOf", "anyOf"}
+
+
+@functools.cache
+def _schema_text() -> str:
+    return (
+        resources.files("mlip_autopipec")
+        .joinpath("schemas", "recipe.schema.json")
+        .read_text(encoding="utf-8")
+    )
+
+
+def load_schema() -> dict[str, Any]:
+    """The recipe JSON schema (Draft 2020-12), read from the installed package."""
+    schema: dict[str, Any] = json.loads(_schema_text())
+    return schema
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(load_schema())
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """``("structures", 0, "bulk", "a")`` -> ``structures[0].bulk.a``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """`` did you mean 'x'?`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        if word.lower() in lowered:
+            close = [lowered[word.lower()]]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _resolve(schema: Any, root: dict[str, Any]) -> Any:
+    while isinstance(schema, dict) and "$ref" in schema:
+        ref = schema["$ref"]
+        node: Any = root
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def branch_matches(branch: dict[str, Any], instance: Any) -> bool:
+    """Whether ``instance`` is *meant* for this oneOf branch (by a const key or a required key)."""
+    if not isinstance(instance, dict):
+        return False
+    for key, sub in branch.get("properties", {}).items():
+        if isinstance(sub, dict) and "const" in sub:
+            return bool(instance.get(key) == sub["const"])
+    required = branch.get("required", [])
+    return bool(required) and required[0] in instance
+
+
+def fill_defaults(instance: Any, schema: dict[str, Any] | None = None) -> Any:
+    """Fill schema defaults into ``instance`` in place (recursively) and return it.
+
+    Assumes the instance is valid; subschemas of oneOf are followed by :func:`branch_matches`.
+    """
+    root = load_schema()
+    _fill(instance, root if schema is None else schema, root)
+    return instance
+
+
+def _fill(instance: Any, schema: Any, root: dict[str, Any]) -> None:
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            sub = _resolve(sub, root)
+            if key in instance or not isinstance(sub, dict) or "default" not in sub:
+                continue
+            unless = sub.get("x-default-unless")
+            if unless is not None and unless in instance:
+                continue
+            instance[key] = copy.deepcopy(sub["default"])
+        for key, value in instance.items():
+            if key in props:
+                _fill(value, props[key], root)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            _fill(item, schema["items"], root)
+    for word in ("oneOf", "anyOf"):
+        for branch in schema.get(word, []):
+            if branch_matches(_resolve(branch, root), instance):
+                _fill(instance, branch, root)
+
+
+def schema_diagnostics(data: Any, pos: Positions, display: str) -> list[Diagnostic]:
+    """Every schema violation of ``data``, located via ``pos``."""
+    out: set[Diagnostic] = set()
+    for err in _validator().iter_errors(data):
+        out.update(_explain(err, pos, display))
+    return sorted(out)
+
+
+def _diag(display: str, where: tuple[int, int], message: str, path: Path_) -> Diagnostic:
+    suffix = f" (at {dotted(path)})" if path else ""
+    return Diagnostic(display, where[0], where[1], message + suffix)
+
+
+def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Diagnostic]:
+    path: Path_ = tuple(err.absolute_path)
+    inst = err.instance
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    kind = err.validator
+    x_error = schema.get("x-error") if kind in _X_ERROR_VALIDATORS else None
+
+    if kind == "additionalProperties" and isinstance(inst, dict):
+        known = list(schema.get("properties", {}))
+        for key in inst:
+            if key not in known:
+                hint = did_you_mean(key, known) or (
+                    f"; valid keys: {', '.join(known)}" if known else ""
+                )
+                yield _diag(
+                    display, pos.at((*path, key), key=True), f"unknown key {key!r}{hint}", path
+                )
+        return
+    if kind == "required" and isinstance(inst, dict):
+        for key in err.validator_value:
+            if key not in inst:
+                where = f" in {dotted(path)!r}" if path else ""
+                yield Diagnostic(display, *pos.parent(path), f"missing required key {key!r}{where}")
+        return
+    if "propertyNames" in err.relative_schema_path and isinstance(inst, str):
+        message = x_error or err.message
+        yield _diag(display, pos.at((*path, inst), key=True), f"key {inst!r}: {message}", path)
+        return
+    if kind == "not" and x_error:
+        keys = (
+            err.validator_value.get("required", []) if isinstance(err.validator_value, dict) else []
+        )
+        located = [
+            pos.at((*path, k), key=True) for k in keys if isinstance(inst, dict) and k in inst
+        ]
+        yield _diag(display, max(located) if located else pos.parent(path), x_error, path)
+        return
+    if kind in ("oneOf", "anyOf"):
+        yield from _explain_choice(err, path, pos, display, x_error)
+        return
+    if kind in ("enum", "const") and isinstance(inst, str):
+        choices = err.validator_value if kind == "enum" else [err.validator_value]
+        hint = did_you_mean(inst, [c for c in choices if isinstance(c, str)])
+        yield _diag(display, pos.at(path), err.message + hint, path)
+        return
+    message = x_error or err.message
+    if x_error and isinstance(inst, str | int | float):
+        message = f"{inst!r}: {x_error}"
+    yield _diag(display, pos.at(path), message, path)
+
+
+def _explain_choice(
+    err: ValidationError, path: Path_, pos: Positions, display: str, x_error: str | None
+) -> Iterator[Diagnostic]:
+    inst = err.instance
+    if x_error:
+        yield _diag(display, pos.parent(path), x_error, path)
+        return
+    branches = [b for b in err.validator_value if isinstance(b, dict)]
+    if isinstance(inst, dict) and branches:
+        matching = [i for i, b in enumerate(branches) if branch_matches(b, inst)]
+        if len(matching) == 1:
+            for sub in err.context or []:
+                if sub.relative_schema_path and sub.relative_schema_path[0] == matching[0]:
+                    yield from _explain(sub, pos, display)
+            return
+        const_keys = {
+            k
+            for b in branches
+            for k, s in b.get("properties", {}).items()
+            if isinstance(s, dict) and "const" in s
+        }
+        if const_keys:
+            key = sorted(const_keys)[0]
+            choices = [
+                str(b["properties"][key]["const"])
+                for b in branches
+                if key in b.get("properties", {})
+            ]
+            if key not in inst:
+                yield Diagnostic(
+                    display, *pos.parent(path), f"missing required key {key!r} in {dotted(path)!r}"
+                )
+                return
+            value = inst[key]
+            hint = did_you_mean(str(value), choices)
+            yield _diag(
+                display,
+                pos.at((*path, key)),
+                f"unknown {key} {value!r}, expected one of {', '.join(map(repr, choices))}{hint}",
+                (*path, key),
+            )
+            return
+        discriminators = [b["required"][0] for b in branches if b.get("required")]
+        if len(matching) > 1:
+            yield _diag(
+                display,
+                pos.parent(path),
+                "give only one of " + " or ".join(map(repr, discriminators)) + " per entry",
+                path,
+            )
+            return
+        known = sorted({k for b in branches for k in b.get("properties", {})})
+        unknown = [k for k in inst if k not in known]
+        for key in unknown:
+            hint = did_you_mean(key, discriminators) or did_you_mean(key, known)
+            yield _diag(display, pos.at((*path, key), key=True), f"unknown key {key!r}{hint}", path)
+        yield _diag(
+            display,
+            pos.parent(path),
+            "an entry needs one of " + " or ".join(map(repr, discriminators)),
+            path,
+        )
+        return
+    best = best_match(err.context or [])
+    if best is None:
+        yield _diag(display, pos.at(path), err.message, path)
+    else:
+        yield from _explain(best, pos, display)
+
+
+# ---------------------------------------------------------------------------------------------
+# reference documentation
+
+
+def _type_of(schema: Any, root: dict[str, Any]) -> str:
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return ""
+    if "const" in schema:
+        return f"`{json.dumps(schema['const'])}`"
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
+    if "oneOf" in schema and "type" not in schema:
+        return " or ".join(filter(None, (_type_of(b, root) for b in schema["oneOf"])))
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind else []
+    words = []
+    for k in kinds:
+        if k == "array":
+            item = _type_of(schema.get("items", {}), root)
+            words.append(f"list of {item}" if item else "list")
+        elif k == "object":
+            words.append("mapping")
+        else:
+            words.append(str(k))
+    return " or ".join(words)
+
+
+def _rows(schema: Any, root: dict[str, Any], prefix: str) -> Iterator[tuple[str, str, str, str]]:
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        sub_r = _resolve(sub, root)
+        name = f"{prefix}.{key}" if prefix else key
+        default = json.dumps(sub_r["default"]) if "default" in sub_r else ""
+        if not default and sub_r.get("x-default-unless"):
+            default = ""
+        required = key in schema.get("required", [])
+        desc = sub_r.get("description", "")
+        if required:
+            desc = "**Required.** " + desc
+        yield name, _type_of(sub_r, root), default, desc
+        if sub_r.get("type") == "object" or "properties" in sub_r:
+            yield from _rows(sub_r, root, name)
+        items = _resolve(sub_r.get("items"), root)
+        if "$ref" not in sub and isinstance(items, dict) and "properties" in items:
+            yield from _rows(items, root, f"{name}[]")
+        add = _resolve(sub_r.get("additionalProperties"), root)
+        if isinstance(add, dict) and "properties" in add:
+            yield from _rows(add, root, f"{name}.<key>")
+        for branch in sub_r.get("oneOf", []):
+            branch = _resolve(branch, root)
+            if isinstance(branch, dict) and "properties" in branch and "title" in branch:
+                yield from _rows(branch, root, f"{name} ({branch['title']})")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def schema_reference() -> str:
+    """Markdown reference of every recipe key, rendered from the schema's descriptions."""
+    root = load_schema()
+    lines = [
+        "# Recipe reference",
+        "",
+        "<!-- Generated from src/mlip_autopipec/schemas/recipe.schema.json by "
+        "`autopipec schema`; do not edit by hand. -->",
+        "",
+        root.get("description", ""),
+        "",
+    ]
+    for key, sub in root["properties"].items():
+        sub = _resolve(sub, root)
+        lines += [f"## `{key}`", "", sub.get("description", ""), ""]
+        rows = list(_rows({"properties": {key: sub}}, root, ""))[1:]
+        sub_items = _resolve(sub.get("items"), root)
+        if isinstance(sub_items, dict):
+            for branch in sub_items.get("oneOf", []):
+                branch = _resolve(branch, root)
+                lines += [f"### {branch.get('title', '')}", "", branch.get("description", ""), ""]
+                lines += _table(list(_rows(branch, root, f"{key}[]")))
+        if rows:
+            lines += _table(rows)
+        if key == "oracle":
+            step = root["$defs"]["ladder"]["items"]
+            lines += ["### Retry step", "", step["description"], ""]
+            lines += _table(list(_rows(step, root, "step")))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    out = ["| key | type | default | description |", "|---|---|---|---|"]
+    for name, kind, default, desc in rows:
+        default_cell = f"`{default}`" if default else ""
+        out.append(f"| `{name}` | {_cell(kind)} | {_cell(default_cell)} | {_cell(desc)} |")
+    return [*out, ""]
+
+
+def invalid_sections(data: Any) -> set[str]:
+    """Top-level keys with schema errors below them (``""`` for errors at the top level)."""
+    out: set[str] = set()
+    for err in _validator().iter_errors(data):
+        path = list(err.absolute_path)
+        out.add(str(path[0]) if path else "")
+    return out

@@ -1,0 +1,373 @@
+"""check_recipe / load_recipe: schema validation, then the checks the schema cannot express."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from mlip_autopipec.errors import Diagnostic, RecipeError
+from mlip_autopipec.recipe import pseudo
+from mlip_autopipec.recipe._yaml import Path_, Positions, YamlLoadError, load_yaml
+from mlip_autopipec.recipe.model import Recipe
+from mlip_autopipec.recipe.namelists import check_key
+from mlip_autopipec.recipe.schema import (
+    dotted,
+    fill_defaults,
+    invalid_sections,
+    load_schema,
+    schema_diagnostics,
+)
+from mlip_autopipec.recipe.structures import bulk_structures, read_frames
+
+#: pw.x refuses ecutrho <= ecutwfc and warns below 4 × ecutwfc (norm-conserving minimum).
+_ECUTRHO_FACTOR_DEFAULT = 8.0
+_SECTIONS = ("control", "system", "electrons", "ions", "cell")
+
+
+class _Checker:
+    def __init__(self, display: str, pos: Positions, base_dir: Path):
+        self.display = display
+        self.pos = pos
+        self.base_dir = base_dir
+        self.out: list[Diagnostic] = []
+
+    def add(self, path: Path_, message: str, *, key: bool = False, warning: bool = False) -> None:
+        line, col = self.pos.at(path, key=key)
+        suffix = f" (at {dotted(path)})" if path else ""
+        self.out.append(
+            Diagnostic(self.display, line, col, message + suffix, "warning" if warning else "error")
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_cell(c: _Checker, path: Path_, what: str, atoms: Atoms, min_distance: float) -> None:
+    if len(atoms) == 0:
+        c.add(path, f"{what} has no atoms")
+        return
+    if abs(atoms.cell.volume) < 1e-6:
+        c.add(path, f"{what} has no 3D cell; pw.x needs a periodic cell (set one in the file)")
+        return
+    if min_distance > 0 and len(atoms) > 0:
+        d = neighbor_list("d", atoms, min_distance, self_interaction=False)
+        if len(d):
+            c.add(
+                path,
+                f"{what} has atoms {float(np.min(d)):.2f} Å apart (< oracle.min_distance "
+                f"{min_distance}); it will be quarantined as overlapping_atoms, not run",
+                warning=True,
+            )
+
+
+def _check_structures(
+    c: _Checker, entries: list[dict[str, Any]], min_distance: float
+) -> dict[str, list[int]] | None:
+    """Elements -> indices of the entries using them; None if some entry failed."""
+    elements: dict[str, list[int]] = {}
+    ok = True
+    for i, entry in enumerate(entries):
+        path: Path_ = ("structures", i)
+        if "bulk" in entry:
+            strain = entry.get("strain")
+            if strain and strain["min"] > strain["max"]:
+                c.add((*path, "strain", "min"), "strain.min is larger than strain.max")
+                ok = False
+                continue
+            try:
+                built = [s.atoms for s in bulk_structures(i, entry)]
+            except Exception as exc:  # ASE raises many types for impossible crystals
+                c.add((*path, "bulk"), f"ase.build.bulk cannot build this: {_short(exc)}", key=True)
+                ok = False
+                continue
+            for atoms in built[:1]:
+                _check_cell(c, (*path, "bulk"), f"structures[{i}]", atoms, min_distance)
+        else:
+            file = Path(entry["file"]).expanduser()
+            full = file if file.is_absolute() else c.base_dir / file
+            if not full.exists():
+                c.add((*path, "file"), f"structure file {entry['file']!r} not found ({full})")
+                ok = False
+                continue
+            if full.is_dir():
+                c.add((*path, "file"), f"structure file {entry['file']!r} is a directory")
+                ok = False
+                continue
+            try:
+                frames = read_frames(entry, c.base_dir)
+            except IndexError as exc:
+                where = (*path, "index") if "index" in entry else (*path, "file")
+                c.add(where, _short(exc))
+                ok = False
+                continue
+            except Exception as exc:  # ASE readers raise anything from ValueError to KeyError
+                c.add((*path, "file"), f"ASE cannot read {entry['file']!r}: {_short(exc)}")
+                ok = False
+                continue
+            built = []
+            for n, atoms in frames:
+                _check_cell(
+                    c, (*path, "file"), f"frame {n} of {entry['file']!r}", atoms, min_distance
+                )
+                built.append(atoms)
+        for atoms in built:
+            for symbol in set(atoms.get_chemical_symbols()):
+                if i not in elements.setdefault(symbol, []):
+                    elements[symbol].append(i)
+    return elements if ok else None
+
+
+def _check_elements(c: _Checker, raw: dict[str, Any], elements: dict[str, list[int]]) -> None:
+    given = raw.get("trainer", {}).get("elements")
+    if given is None:
+        return
+    path: Path_ = ("trainer", "elements")
+    for symbol in sorted(set(elements) - set(given)):
+        c.add(
+            path,
+            f"trainer.elements lacks {symbol!r}, which is in structures[{elements[symbol][0]}]",
+        )
+    for k, symbol in enumerate(given):
+        if symbol not in elements:
+            c.add((*path, k), f"element {symbol!r} is in none of the structures")
+
+
+def _check_pseudopotentials(
+    c: _Checker, oracle: dict[str, Any], elements: dict[str, list[int]]
+) -> None:
+    pps: dict[str, str] = oracle["pseudopotentials"]
+    path: Path_ = ("oracle", "pseudopotentials")
+    for symbol in sorted(elements):
+        if symbol not in pps:
+            c.add(
+                path,
+                f"no pseudopotential for {symbol!r} (used by structures[{elements[symbol][0]}])",
+                key=True,
+            )
+    dirs = pseudo.search_dirs(oracle.get("pseudo_dir"), c.base_dir)
+    ecutwfc = oracle.get("input_data", {}).get("system", {}).get("ecutwfc")
+    for symbol, entry in pps.items():
+        where = (*path, symbol)
+        found = pseudo.locate(entry, dirs, c.base_dir)
+        if found is None:
+            close = pseudo.close_names(entry, dirs)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            searched = ", ".join(str(d) for d in dirs)
+            c.add(where, f"pseudopotential {entry!r} not found (searched {searched}){hint}")
+            continue
+        try:
+            header = pseudo.read_header(found)
+        except (OSError, EOFError) as exc:
+            c.add(where, f"cannot read pseudopotential {found}: {_short(exc)}")
+            continue
+        except ValueError as exc:
+            c.add(where, f"{found}: {exc}")
+            continue
+        if header.element is not None and header.element != symbol:
+            c.add(where, f"{found.name} is a pseudopotential for {header.element}, not {symbol}")
+        if (
+            isinstance(ecutwfc, int | float)
+            and header.suggested_ecutwfc is not None
+            and ecutwfc < header.suggested_ecutwfc
+        ):
+            c.add(
+                where,
+                f"ecutwfc {ecutwfc} Ry is below the {header.suggested_ecutwfc:g} Ry suggested by "
+                f"{found.name}: fine for testing, converge it for production",
+                warning=True,
+            )
+
+
+def _check_input_data(c: _Checker, oracle: dict[str, Any]) -> None:
+    input_data = oracle.get("input_data")
+    if not isinstance(input_data, dict):
+        return
+    base: Path_ = ("oracle", "input_data")
+    for section in _SECTIONS:
+        values = input_data.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            problem = check_key(section, key)
+            if problem:
+                c.add((*base, section, key), problem, key=True)
+            if section == "control" and key in ("tprnfor", "tstress") and value is False:
+                c.add(
+                    (*base, section, key),
+                    f"{key} is always true: forces and stress are part of every label",
+                    warning=True,
+                )
+    system = input_data.get("system")
+    if isinstance(system, dict):
+        wfc, rho = system.get("ecutwfc"), system.get("ecutrho")
+        if isinstance(wfc, int | float) and isinstance(rho, int | float):
+            if rho <= wfc:
+                c.add((*base, "system", "ecutrho"), f"ecutrho {rho} must exceed ecutwfc {wfc}")
+            elif rho < 4 * wfc:
+                c.add(
+                    (*base, "system", "ecutrho"),
+                    f"ecutrho {rho} < 4 × ecutwfc ({4 * wfc}): too low for any pseudopotential",
+                    warning=True,
+                )
+
+
+_DOTTED = re.compile(r"^([a-z]+)\.(.+)$")
+
+
+def _check_ladders(c: _Checker, oracle: dict[str, Any]) -> None:
+    ladders = oracle.get("retry", {}).get("ladders")
+    if not isinstance(ladders, dict):
+        return
+    for cls, steps in ladders.items():
+        if not isinstance(steps, list):
+            continue
+        for k, step in enumerate(steps):
+            if not isinstance(step, dict):
+                continue
+            for verb in ("set", "scale"):
+                changes = step.get(verb)
+                if not isinstance(changes, dict):
+                    continue
+                for name in changes:
+                    m = _DOTTED.match(name)
+                    if not m:
+                        continue
+                    problem = check_key(m.group(1), m.group(2))
+                    if problem:
+                        path = ("oracle", "retry", "ladders", cls, k, verb, name)
+                        c.add(path, problem, key=True)
+
+
+def _check_command(c: _Checker, oracle: dict[str, Any]) -> None:
+    command = oracle.get("command", "pw.x")
+    try:
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+    except ValueError as exc:
+        c.add(("oracle", "command"), f"cannot split command: {exc}")
+        return
+    if not argv:
+        c.add(("oracle", "command"), "empty command")
+        return
+    exe = argv[0]
+    if shutil.which(exe) is None and not Path(exe).is_file():
+        c.add(("oracle", "command"), f"{exe!r} is not on PATH; 'run' will fail", warning=True)
+
+
+def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+    def absolute(value: str) -> str:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+    for entry in data["structures"]:
+        if "file" in entry:
+            entry["file"] = absolute(entry["file"])
+    oracle = data["oracle"]
+    if oracle.get("pseudo_dir"):
+        oracle["pseudo_dir"] = absolute(oracle["pseudo_dir"])
+    for symbol, entry in oracle["pseudopotentials"].items():
+        if len(Path(entry).parts) > 1:
+            oracle["pseudopotentials"][symbol] = absolute(entry)
+
+
+def _default_name(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-.") or "recipe"
+    return name if name[0].isalnum() else f"r{name}"
+
+
+def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
+    display = str(path)
+    try:
+        raw, pos = load_yaml(Path(path), display)
+    except YamlLoadError as exc:
+        return exc.diagnostics, None
+    if not isinstance(raw, dict):
+        kind = "a list" if isinstance(raw, list) else f"a {type(raw).__name__} ({raw!r:.40})"
+        line, col = pos.at(())
+        message = f"a recipe is a mapping (name:, structures:, oracle:, ...), not {kind}"
+        return [Diagnostic(display, line, col, message)], None
+    base_dir = Path(path).absolute().parent
+    diags = schema_diagnostics(raw, pos, display)
+    bad = invalid_sections(raw) if diags else set()
+    c = _Checker(display, pos, base_dir)
+    data = copy.deepcopy(raw)
+    oracle_raw: dict[str, Any] = raw["oracle"] if isinstance(raw.get("oracle"), dict) else {}
+    schema = load_schema()
+    _check_input_data(c, oracle_raw)
+    _check_ladders(c, oracle_raw)
+    elements = None
+    if not bad & {"", "structures"}:
+        fill_defaults(data["structures"], schema["properties"]["structures"])
+        min_distance = oracle_raw.get("min_distance", 0.5)
+        if not isinstance(min_distance, int | float) or isinstance(min_distance, bool):
+            min_distance = 0.5
+        elements = _check_structures(c, data["structures"], float(min_distance))
+    if elements is not None and "trainer" not in bad:
+        _check_elements(c, raw, elements)
+    if elements is not None and "oracle" not in bad:
+        fill_defaults(data["oracle"], schema["properties"]["oracle"])
+        _check_pseudopotentials(c, data["oracle"], elements)
+        _check_command(c, data["oracle"])
+    all_diags = sorted(set(diags) | set(c.out))
+    if any(d.severity == "error" for d in all_diags) or elements is None:
+        return all_diags, None
+    fill_defaults(data)
+    _finish_defaults(data, elements)
+    _resolve_paths(data, base_dir)
+    recipe = Recipe(
+        name=data.get("name") or _default_name(Path(path)),
+        path=Path(path).resolve(),
+        base_dir=base_dir.resolve(),
+        data=data,
+    )
+    recipe.data["name"] = recipe.name
+    return all_diags, recipe
+
+
+def _finish_defaults(data: dict[str, Any], elements: dict[str, list[int]]) -> None:
+    """Defaults the schema cannot state: derived from other values."""
+    data["trainer"].setdefault("elements", sorted(elements))
+    input_data = data["oracle"]["input_data"]
+    system = input_data["system"]
+    system.setdefault("ecutrho", _ECUTRHO_FACTOR_DEFAULT * float(system["ecutwfc"]))
+    control = input_data["control"]
+    # forces and stress are the labels; never let a recipe switch them off
+    control["tprnfor"] = True
+    control["tstress"] = True
+
+
+def _guard(
+    fn: Callable[[Path], tuple[list[Diagnostic], Recipe | None]], path: Path
+) -> tuple[list[Diagnostic], Recipe | None]:
+    try:
+        return fn(path)
+    except RecursionError as exc:
+        return [Diagnostic(str(path), 1, 1, f"recipe too deeply nested ({_short(exc)})")], None
+
+
+def check_recipe(path: Path) -> list[Diagnostic]:
+    """Every problem in the recipe at ``path``, located and sorted; never raises for bad input.
+
+    Warnings (severity ``"warning"``) do not stop a run: overlapping atoms (quarantined),
+    cutoffs below a pseudopotential's suggestion, a pw.x command not on PATH.
+    """
+    return _guard(_run, Path(path))[0]
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Load and validate a recipe; raise :class:`RecipeError` with every error if invalid."""
+    diags, recipe = _guard(_run, Path(path))
+    errors = [d for d in diags if d.severity == "error"]
+    if errors or recipe is None:
+        raise RecipeError(errors or diags)
+    return recipe
