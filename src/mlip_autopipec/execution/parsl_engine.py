@@ -18,17 +18,21 @@ runner sees the exception and should requeue the attempt, see :func:`is_lost_wor
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlip_autopipec import process
 from mlip_autopipec.errors import UsageError
 
 if TYPE_CHECKING:
@@ -57,6 +61,9 @@ OPENMPI_ENV = {
     "OMPI_MCA_rmaps_base_oversubscribe": "1",
     "OMPI_MCA_hwloc_base_binding_policy": "none",
 }
+
+#: The HighThroughputExecutor's label (Parsl apps are bound to it).
+LABEL = "autopipec"
 
 _WALLTIME = re.compile(r"^\d{1,3}:[0-5]\d:[0-5]\d$")
 
@@ -305,7 +312,7 @@ def build_config(settings: ParslSettings, workers: int, run_dir: Path) -> Config
         max_workers = max(1, workers)
         address = "127.0.0.1"
     executor = HighThroughputExecutor(
-        label="autopipec",
+        label=LABEL,
         provider=provider,
         address=address,
         cores_per_worker=settings.cores_per_task,
@@ -376,19 +383,88 @@ def is_lost_worker_error(exc: BaseException) -> bool:
     return False
 
 
-class ParslExecutor:
-    """What :func:`make_parsl_executor` yields: ``submit(fn, *args)`` -> Future."""
+def _set_aside_lost_try(args: Sequence[Any]) -> None:
+    """Rename an ``attempt_dir`` a lost try of this same task left behind (``.lost-<k>``).
 
-    def __init__(self, dfk: DataFlowKernel, settings: ParslSettings):
+    The runner sets aside any stale folder before it submits, so on the worker the folder only
+    exists when Parsl is retrying this task after a lost worker: its half-written output must
+    not be mixed with the new try's. Names other than ``attempt-NN`` are never read back.
+    """
+    for arg in args:
+        attempt_dir = getattr(arg, "attempt_dir", None)
+        if attempt_dir is None or not Path(attempt_dir).exists():
+            continue
+        attempt_dir = Path(attempt_dir)
+        k = 1
+        while (target := attempt_dir.with_name(f"{attempt_dir.name}.lost-{k}")).exists():
+            k += 1
+        attempt_dir.rename(target)
+
+
+def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """What a Parsl worker runs: ``fn(*args, **kwargs)`` with pw.x cleanup on SIGTERM.
+
+    ``process.run_process`` starts pw.x in its own session (so a timeout reaches MPI ranks),
+    which also means killing the worker's process group (local provider scale-in, some Slurm
+    setups) would leave pw.x running. So ``fn`` runs in a thread while the worker's main thread
+    waits; on SIGTERM it stops every pw.x this worker started, then dies from the signal as it
+    would have without us.
+    """
+    _set_aside_lost_try(args)
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the worker's main thread below
+            outcome["error"] = exc
+
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        thread = threading.Thread(target=target, name="autopipec-task", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+            if received:
+                process.terminate_all()
+                thread.join(process.KILL_GRACE + 1)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+class ParslExecutor:
+    """What :func:`make_parsl_executor` yields: ``submit(fn, *args)`` -> Future.
+
+    The futures are plain :class:`concurrent.futures.Future` objects mirroring Parsl's
+    AppFutures, so ``cancel()`` works as the runner expects (Parsl's raises): a cancelled future
+    is forgotten here, and the remote attempt stops when the pilot jobs are cancelled on exit.
+    """
+
+    def __init__(self, dfk: DataFlowKernel, settings: ParslSettings, max_workers: int):
         self._dfk = dfk
         self._settings = settings
         self._prefix = launcher_argv(settings)
-        self._apps: dict[Callable[..., Any], Callable[..., Future[Any]]] = {}
+        self._app: Callable[..., Future[Any]] | None = None
+        #: Attempts that can run at once; the runner's default in-flight limit reads this.
+        self._max_workers = max_workers
 
     @property
     def settings(self) -> ParslSettings:
         """The settings this executor was built from."""
         return self._settings
+
+    @property
+    def max_workers(self) -> int:
+        """How many attempts the configured blocks run at once (an estimate on Slurm)."""
+        return self._max_workers
 
     def prepare(self, arg: Any) -> Any:
         """Add the MPI launcher to a request's ``argv`` (a copy; requests are frozen)."""
@@ -400,13 +476,25 @@ class ParslExecutor:
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` on a Parsl worker; fn must be importable (module level)."""
-        from parsl import python_app
+        if self._app is None:
+            from parsl import python_app
 
-        app = self._apps.get(fn)
-        if app is None:
-            app = python_app(fn, data_flow_kernel=self._dfk, executors=["autopipec"])
-            self._apps[fn] = app
-        return app(*(self.prepare(a) for a in args), **kwargs)
+            self._app = python_app(run_task, data_flow_kernel=self._dfk, executors=[LABEL])
+        inner = self._app(fn, *(self.prepare(a) for a in args), **kwargs)
+        outer: Future[Any] = Future()
+
+        def mirror(done: Future[Any]) -> None:
+            try:
+                exc = done.exception()
+                if exc is None:
+                    outer.set_result(done.result())
+                else:
+                    outer.set_exception(exc)
+            except InvalidStateError:  # the runner cancelled ``outer`` meanwhile
+                pass
+
+        inner.add_done_callback(mirror)
+        return outer
 
 
 def _cancel_leftover_blocks(dfk: DataFlowKernel) -> None:
@@ -425,16 +513,28 @@ def _cancel_leftover_blocks(dfk: DataFlowKernel) -> None:
             executor.provider.cancel(live)
 
 
+def _capacity(settings: ParslSettings, workers: int) -> int:
+    if settings.provider == "local":
+        return max(1, workers)
+    per_node = settings.workers_per_node
+    if per_node is None:
+        # Unknown until a pilot starts; assume nodes like this one unless told cores_per_node.
+        cores = settings.cores_per_node or os.cpu_count() or 1
+        per_node = max(1, cores // settings.cores_per_task)
+    return settings.max_blocks * settings.nodes_per_block * per_node
+
+
 @contextmanager
 def make_parsl_executor(
-    execution_cfg: dict[str, Any], workers: int, *, run_dir: Path | None = None
+    execution_cfg: dict[str, Any], workers: int | None = None, *, run_dir: Path | None = None
 ) -> Iterator[ParslExecutor]:
     """Start Parsl for ``execution_cfg`` and yield an executor; stop everything on exit.
 
     ``run_dir`` holds Parsl's logs, pilot job scripts and their stdout/stderr (on a cluster it
     must be on a filesystem the compute nodes see; the runner passes ``<run dir>/parsl``); None
-    uses a temporary directory removed on exit. Raises UsageError when Parsl is not installed or
-    the settings are wrong.
+    uses a temporary directory removed on exit. ``workers`` caps concurrent attempts for the
+    local provider (None: cores // cores_per_task). Raises UsageError when Parsl is not
+    installed or the settings are wrong.
     """
     settings = parse_parsl_settings(execution_cfg)
     try:
@@ -448,9 +548,11 @@ def make_parsl_executor(
         if run_dir is None:
             run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="parsl-")))
         run_dir.mkdir(parents=True, exist_ok=True)
+        if workers is None:
+            workers = max(1, (os.cpu_count() or 1) // settings.cores_per_task)
         dfk = DataFlowKernel(build_config(settings, workers, run_dir))
         try:
-            yield ParslExecutor(dfk, settings)
+            yield ParslExecutor(dfk, settings, _capacity(settings, workers))
         finally:
             try:
                 # Job status polling stops here, so read the block states before cleanup.
