@@ -1,0 +1,326 @@
+"""Diagnosis of one finished pw.x attempt: exactly one failure class per attempt.
+
+Parsing is pure text matching on the exit code, ``espresso.pwo``, ``espresso.err`` and
+pw.x's ``CRASH`` file; the output markers are the named regular expressions below, so a
+reader can check them against pw.x's sources (``Modules/error_handler.f90`` prints
+``Error in routine NAME (N):`` followed by the message; ``N`` changes from run to run,
+e.g. ``cdiaghg (35)`` / ``cdiaghg (39)``).
+
+Precedence (first match wins), so that every attempt gets exactly one class:
+
+1. an ``Error in routine`` block (in ``.pwo``, else in ``CRASH``): permanent classes,
+   then charge/diagonalisation/memory/input/walltime messages, else ``crashed``;
+2. our own timeout killed the process -> ``walltime``;
+3. ``Maximum CPU time exceeded`` (pw.x's ``max_seconds``) -> ``walltime``;
+4. ``convergence NOT achieved`` -> ``scf_not_converged``;
+5. ``convergence has been achieved`` with a zero exit code -> ``converged``;
+6. memory messages or death by SIGKILL without a message -> ``out_of_memory``;
+7. anything else (non-zero exit, truncated or garbage output) -> ``crashed``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from ase.units import Ry
+
+
+class FailureClass:
+    """The failure classes (plain ``str`` constants, stored as text in the lifecycle store)."""
+
+    CONVERGED: Final = "converged"
+    SCF_NOT_CONVERGED: Final = "scf_not_converged"
+    CHARGE_WRONG: Final = "charge_wrong"
+    DIAGONALIZATION: Final = "diagonalization"
+    WALLTIME: Final = "walltime"
+    INPUT_ERROR: Final = "input_error"
+    MISSING_PSEUDOPOTENTIAL: Final = "missing_pseudopotential"
+    XC_CONFLICT: Final = "xc_conflict"
+    NEEDS_SPINORBIT: Final = "needs_spinorbit"
+    OVERLAPPING_ATOMS: Final = "overlapping_atoms"
+    CRASHED: Final = "crashed"
+    OUT_OF_MEMORY: Final = "out_of_memory"
+
+    ALL: Final = (
+        CONVERGED,
+        SCF_NOT_CONVERGED,
+        CHARGE_WRONG,
+        DIAGONALIZATION,
+        WALLTIME,
+        INPUT_ERROR,
+        MISSING_PSEUDOPOTENTIAL,
+        XC_CONFLICT,
+        NEEDS_SPINORBIT,
+        OVERLAPPING_ATOMS,
+        CRASHED,
+        OUT_OF_MEMORY,
+    )
+
+
+#: Classes that no retry step can fix: never retried, the structure is quarantined.
+PERMANENT: Final = frozenset(
+    {
+        FailureClass.MISSING_PSEUDOPOTENTIAL,
+        FailureClass.XC_CONFLICT,
+        FailureClass.NEEDS_SPINORBIT,
+        FailureClass.OVERLAPPING_ATOMS,
+    }
+)
+
+#: Classes a ladder may retry (everything that is neither success nor permanent).
+RETRYABLE: Final = tuple(
+    c for c in FailureClass.ALL if c != FailureClass.CONVERGED and c not in PERMANENT
+)
+
+# --- output markers -------------------------------------------------------------------
+
+#: ``Error in routine cdiaghg (35):`` -- the number varies between runs.
+ERROR_ROUTINE_RE: Final = re.compile(r"^\s*Error in routine\s+(\S+)\s*\(\s*(-?\d+)\s*\):\s*$", re.M)
+#: The CRASH file's form of the same: ``from cdiaghg : error #        35``.
+CRASH_ROUTINE_RE: Final = re.compile(r"^\s*from\s+(\S+)\s*:\s*error\s*#\s*(-?\d+)\s*$", re.M)
+CONVERGED_RE: Final = re.compile(r"^\s*convergence has been achieved in\s+(\d+)\s+iterations", re.M)
+NOT_CONVERGED_RE: Final = re.compile(
+    r"^\s*convergence NOT achieved after\s+(\d+)\s+iterations.*$", re.M
+)
+SCF_ITERATION_RE: Final = re.compile(r"^\s*iteration #\s*(\d+)\s+ecut=", re.M)
+SCF_ACCURACY_RE: Final = re.compile(r"^\s*estimated scf accuracy\s+<\s+([-+0-9.EeDd]+)\s+Ry", re.M)
+#: The final (``!``) block repeats the last accuracy; only iteration blocks are counted.
+FINAL_ENERGY_RE: Final = re.compile(r"^!\s+total energy", re.M)
+MAX_CPU_TIME_RE: Final = re.compile(r"^.*Maximum CPU time exceeded.*$", re.M)
+JOB_DONE_RE: Final = re.compile(r"JOB DONE\.")
+PW_VERSION_RE: Final = re.compile(r"^\s*Program PWSCF\s+v\.(\S+)", re.M)
+
+# Messages (searched in the text of an ``Error in routine`` block or the whole output).
+CHARGE_WRONG_RE: Final = re.compile(r"charge is wrong", re.I)
+DIAGONALIZATION_RE: Final = re.compile(
+    r"problems computing cholesky|S matrix not positive definite|"
+    r"too many bands are not converged|zhegvd? failed|dsygvd? failed|zheev\w* failed|"
+    r"eigenvectors failed to converge|diagonalization failed",
+    re.I,
+)
+#: Eigensolver routines: an unrecognised error raised in one of them is still a
+#: diagonalisation failure.
+DIAGONALIZATION_ROUTINES: Final = frozenset(
+    {
+        "cdiaghg",
+        "rdiaghg",
+        "cegterg",
+        "regterg",
+        "pcegterg",
+        "pregterg",
+        "ccgdiagg",
+        "rcgdiagg",
+        "ppcg_k",
+        "ppcg_gamma",
+        "paro_k",
+        "paro_gamma",
+        "c_bands",
+        "cdiagh",
+        "rdiagh",
+        "laxlib_cdiaghg",
+        "pcdiaghg",
+        "prdiaghg",
+    }
+)
+MISSING_PSEUDO_RE: Final = re.compile(
+    r"not found|cannot open|file .* not|no such file|error reading|wrong pseudopotential", re.I
+)
+PSEUDO_ROUTINES: Final = frozenset({"readpp", "read_pseudo", "upf_read", "import_upf"})
+XC_CONFLICT_RE: Final = re.compile(
+    r"conflicting values for i\w+|dft is already set|inconsistent dft|"
+    r"mismatch.*functional|enforce_input_dft",
+    re.I,
+)
+XC_ROUTINES: Final = frozenset({"set_dft_from_name", "set_dft_from_indices", "enforce_input_dft"})
+SPINORBIT_RE: Final = re.compile(r"FR-PP please use lspinorb", re.I)
+OVERLAP_RE: Final = re.compile(
+    r"atoms?\s+#?\s*\d+\s+and\s+#?\s*\d+\s+overlap|overlapping atoms", re.I
+)
+OUT_OF_MEMORY_RE: Final = re.compile(
+    r"cannot allocate|not enough memory|out of memory|std::bad_alloc|"
+    r"insufficient virtual memory|Allocation would exceed memory limit|oom-kill",
+    re.I,
+)
+#: Input checks of pw.x (``iosys`` and the namelist/card readers): some are fixable by a
+#: step (``fixed occupations and lsda need tot_magnetization`` -> smearing).
+INPUT_ROUTINES_RE: Final = re.compile(
+    r"^(iosys|read_namelists|read_cards|card_\w+|readin\w*|cell_base_init|setup|input|"
+    r"check_\w+|sm_not_set|read_line|namelist\w*|\w*_readin|set_nks\w*|iosys\w*)$",
+    re.I,
+)
+INPUT_MESSAGE_RE: Final = re.compile(r"reading namelist|bad line|wrong|invalid|not allowed", re.I)
+#: Fortran runtime errors and signals that pw.x prints when it dies without an error block.
+FORTRAN_RUNTIME_RE: Final = re.compile(
+    r"^.*(Program received signal \w+.*|Fortran runtime error.*|Segmentation fault.*)$", re.M
+)
+
+#: pw.x's exit code when it stops on ``convergence NOT achieved`` (``STOP 2`` in QE >= 6.6).
+EXIT_NOT_CONVERGED: Final = 2
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The one failure class of a finished attempt and the exact pw.x message line(s)."""
+
+    failure_class: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.failure_class == FailureClass.CONVERGED
+
+
+@dataclass(frozen=True)
+class ScfInfo:
+    """What the SCF loop of one ``.pwo`` says (units: eV)."""
+
+    n_scf: int
+    scf_history_ev: tuple[float, ...]
+
+    @property
+    def scf_accuracy_ev(self) -> float | None:
+        return self.scf_history_ev[-1] if self.scf_history_ev else None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.replace("D", "E").replace("d", "e"))
+    except ValueError:
+        # pw.x prints '*****' when the number does not fit the format.
+        return math.inf
+
+
+def parse_scf(pwo_text: str) -> ScfInfo:
+    """Iteration count and estimated SCF accuracy per iteration (Ry converted to eV).
+
+    Only the accuracies inside iteration blocks count: the final ``!`` block repeats the
+    converged value and is not a new iteration.
+    """
+    end = FINAL_ENERGY_RE.search(pwo_text)
+    body = pwo_text[: end.start()] if end else pwo_text
+    iterations = [int(m.group(1)) for m in SCF_ITERATION_RE.finditer(body)]
+    history = tuple(_float(m.group(1)) * Ry for m in SCF_ACCURACY_RE.finditer(body))
+    if end is not None:
+        # the converged accuracy is printed in the ``!`` block only
+        tail = SCF_ACCURACY_RE.search(pwo_text, end.start())
+        if tail is not None:
+            history = (*history, _float(tail.group(1)) * Ry)
+    return ScfInfo(n_scf=max(iterations, default=0), scf_history_ev=history)
+
+
+def parse_version(pwo_text: str) -> str | None:
+    """``6.7MaX`` from ``Program PWSCF v.6.7MaX starts on ...``."""
+    m = PW_VERSION_RE.search(pwo_text)
+    return m.group(1) if m else None
+
+
+def _error_block(text: str, routine_re: re.Pattern[str]) -> tuple[str, str, str] | None:
+    """(routine, header line, first message line) of the first error block in ``text``."""
+    m = routine_re.search(text)
+    if m is None:
+        return None
+    header = m.group(0).strip()
+    rest = text[m.end() :].splitlines()
+    msg = next((ln.strip() for ln in rest if ln.strip() and not ln.strip().startswith("%")), "")
+    return m.group(1), header, msg
+
+
+def _classify_error(routine: str, msg: str) -> str:
+    name = routine.lower()
+    if SPINORBIT_RE.search(msg):
+        return FailureClass.NEEDS_SPINORBIT
+    if name in XC_ROUTINES or XC_CONFLICT_RE.search(msg):
+        return FailureClass.XC_CONFLICT
+    if name in PSEUDO_ROUTINES and MISSING_PSEUDO_RE.search(msg):
+        return FailureClass.MISSING_PSEUDOPOTENTIAL
+    if OVERLAP_RE.search(msg):
+        return FailureClass.OVERLAPPING_ATOMS
+    if CHARGE_WRONG_RE.search(msg):
+        return FailureClass.CHARGE_WRONG
+    if DIAGONALIZATION_RE.search(msg) or name in DIAGONALIZATION_ROUTINES:
+        return FailureClass.DIAGONALIZATION
+    if OUT_OF_MEMORY_RE.search(msg):
+        return FailureClass.OUT_OF_MEMORY
+    if MAX_CPU_TIME_RE.search(msg):
+        return FailureClass.WALLTIME
+    if name in PSEUDO_ROUTINES:
+        # an unreadable/corrupt pseudopotential is as hopeless as a missing one
+        return FailureClass.MISSING_PSEUDOPOTENTIAL
+    if INPUT_ROUTINES_RE.match(name) or INPUT_MESSAGE_RE.search(msg):
+        return FailureClass.INPUT_ERROR
+    return FailureClass.CRASHED
+
+
+def _signal_of(returncode: int) -> int | None:
+    if returncode < 0:
+        return -returncode
+    if 128 < returncode < 128 + 65:
+        return returncode - 128
+    return None
+
+
+def diagnose(
+    returncode: int | None,
+    pwo_text: str,
+    err_text: str = "",
+    crash_text: str = "",
+    timed_out: bool = False,
+) -> Diagnosis:
+    """Classify one finished attempt; pure (no file or process access).
+
+    ``returncode`` is None when the process could not be started at all. The message is
+    the exact pw.x line(s): ``Error in routine cdiaghg (35): S matrix not positive
+    definite``, ``convergence NOT achieved after 3 iterations: stopping``, ...
+    """
+    for text, routine_re in (
+        (pwo_text, ERROR_ROUTINE_RE),
+        (crash_text, CRASH_ROUTINE_RE),
+        (err_text, ERROR_ROUTINE_RE),
+    ):
+        block = _error_block(text, routine_re)
+        if block is not None:
+            routine, header, msg = block
+            if routine_re is CRASH_ROUTINE_RE:
+                # rebuild the .pwo form of the header from the CRASH file's
+                number = header.split("#")[-1].strip()
+                header = f"Error in routine {routine} ({number}):"
+            return Diagnosis(_classify_error(routine, msg), f"{header} {msg}".strip())
+
+    if timed_out:
+        return Diagnosis(FailureClass.WALLTIME, "killed by the oracle timeout (no pw.x message)")
+    m = MAX_CPU_TIME_RE.search(pwo_text)
+    if m:
+        return Diagnosis(FailureClass.WALLTIME, m.group(0).strip())
+    m = NOT_CONVERGED_RE.search(pwo_text)
+    if m:
+        return Diagnosis(FailureClass.SCF_NOT_CONVERGED, m.group(0).strip())
+    m = CONVERGED_RE.search(pwo_text)
+    if m and returncode == 0 and JOB_DONE_RE.search(pwo_text):
+        return Diagnosis(FailureClass.CONVERGED, m.group(0).strip())
+
+    for text in (err_text, pwo_text, crash_text):
+        m = OUT_OF_MEMORY_RE.search(text)
+        if m:
+            line = text[text.rfind("\n", 0, m.start()) + 1 :].splitlines()[0].strip()
+            return Diagnosis(FailureClass.OUT_OF_MEMORY, line)
+    if returncode is None:
+        return Diagnosis(FailureClass.CRASHED, "pw.x could not be started")
+    sig = _signal_of(returncode)
+    if sig == 9:
+        return Diagnosis(
+            FailureClass.OUT_OF_MEMORY,
+            f"killed by signal 9 (SIGKILL) with no pw.x message, exit code {returncode}",
+        )
+    for text in (err_text, pwo_text):
+        m = FORTRAN_RUNTIME_RE.search(text)
+        if m:
+            return Diagnosis(FailureClass.CRASHED, m.group(0).strip())
+    if returncode != 0:
+        what = f"signal {sig}" if sig else f"exit code {returncode}"
+        return Diagnosis(FailureClass.CRASHED, f"pw.x died ({what}) with no known message")
+    if CONVERGED_RE.search(pwo_text):
+        return Diagnosis(FailureClass.CRASHED, "output truncated after convergence (no JOB DONE)")
+    return Diagnosis(FailureClass.CRASHED, "output truncated or unreadable (no known message)")

@@ -1,0 +1,205 @@
+"""The pw.x oracle: preflight checks and the next attempt of a structure's history."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from mlip_autopipec.errors import OracleError
+from mlip_autopipec.oracle.attempt import (
+    CHARGE_DENSITY_FILES,
+    SAVE_DIR,
+    AttemptRequest,
+    AttemptResult,
+    run_attempt,
+)
+from mlip_autopipec.oracle.diagnose import FailureClass
+from mlip_autopipec.oracle.ladder import (
+    DEFAULT_LADDERS,
+    DEFAULT_MAX_ATTEMPTS,
+    KPTS_KEY,
+    KSPACING_KEY,
+    RESTART_CHARGE_DENSITY,
+    base_params,
+    nest_input,
+    plan_next,
+    validate_ladders,
+)
+
+DEFAULT_MIN_DISTANCE = 0.5  # Å
+PSEUDO_LINK_DIR = "pseudo"
+
+
+def min_interatomic_distance(atoms: Atoms, cutoff: float) -> tuple[float, int, int] | None:
+    """Smallest distance below ``cutoff`` (minimum image) and its pair, else None."""
+    if len(atoms) < 2 and not atoms.pbc.any():
+        return None
+    i, j, d = neighbor_list("ijd", atoms, cutoff, self_interaction=False)
+    if len(d) == 0:
+        return None
+    k = int(np.argmin(d))
+    return float(d[k]), int(i[k]), int(j[k])
+
+
+def _argv(command: str | Sequence[str]) -> tuple[str, ...]:
+    return tuple(shlex.split(command)) if isinstance(command, str) else tuple(map(str, command))
+
+
+class EspressoOracle:
+    """Turns a recipe's ``oracle`` section into attempts and plans retries.
+
+    ``oracle_cfg`` is the recipe's ``oracle`` section with defaults filled in;
+    ``pseudopotentials`` maps each element to its resolved, readable file.
+    """
+
+    def __init__(self, oracle_cfg: Mapping[str, Any], pseudopotentials: Mapping[str, Path]):
+        self.cfg: dict[str, Any] = copy.deepcopy(dict(oracle_cfg))
+        self.pseudopotentials = {el: Path(p) for el, p in pseudopotentials.items()}
+        self.argv = _argv(self.cfg.get("command") or "pw.x")
+        if not self.argv:
+            raise OracleError("oracle.command is empty")
+        retry = self.cfg.get("retry") or {}
+        self.max_attempts = int(retry.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        ladders = retry.get("ladders")
+        self.ladders: dict[str, list[dict[str, Any]]] = copy.deepcopy(
+            dict(DEFAULT_LADDERS if ladders is None else ladders)
+        )
+        problems = validate_ladders(self.ladders)
+        if problems:
+            raise OracleError("oracle.retry: " + "; ".join(problems))
+        self.timeout = self.cfg.get("timeout")
+        self.min_distance = float(self.cfg.get("min_distance", DEFAULT_MIN_DISTANCE))
+        self.koffset = tuple(int(k) for k in (self.cfg.get("koffset") or (0, 0, 0)))
+        self.base = base_params(self.cfg)
+        parents = {p.parent.resolve() for p in self.pseudopotentials.values()}
+        #: all files in one directory: pw.x reads them there, exactly as a direct run would
+        self.shared_pseudo_dir = parents.pop() if len(parents) == 1 else None
+
+    # --- preflight ------------------------------------------------------------------
+
+    def preflight(self, atoms: Atoms) -> AttemptResult | None:
+        """A permanent failure found without running pw.x, else None.
+
+        Checks: every element has a readable pseudopotential file; no two atoms closer
+        than ``min_distance`` (minimum image convention).
+        """
+        for el in sorted(set(atoms.get_chemical_symbols())):
+            path = self.pseudopotentials.get(el)
+            if path is None:
+                return self._permanent(
+                    FailureClass.MISSING_PSEUDOPOTENTIAL, f"no pseudopotential for element {el}"
+                )
+            if not path.is_file() or not os.access(path, os.R_OK):
+                return self._permanent(
+                    FailureClass.MISSING_PSEUDOPOTENTIAL,
+                    f"pseudopotential for {el} is not a readable file: {path}",
+                )
+        close = min_interatomic_distance(atoms, self.min_distance)
+        if close is not None:
+            d, i, j = close
+            return self._permanent(
+                FailureClass.OVERLAPPING_ATOMS,
+                f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {d:.3f} Å "
+                f"apart (min_distance {self.min_distance} Å)",
+            )
+        return None
+
+    @staticmethod
+    def _permanent(cls: str, message: str) -> AttemptResult:
+        return AttemptResult(number=0, attempt_dir=None, failure_class=cls, message=message)
+
+    # --- planning ----------------------------------------------------------------------
+
+    def _pseudo_dir(self, atoms: Atoms, attempt_dir: Path) -> tuple[Path, dict[str, str]]:
+        elements = sorted(set(atoms.get_chemical_symbols()))
+        names = {el: self.pseudopotentials[el].name for el in elements}
+        if self.shared_pseudo_dir is not None:
+            return self.shared_pseudo_dir, names
+        # files from different directories: symlink them into one directory per attempt
+        link_dir = attempt_dir.parent / f"{attempt_dir.name}-{PSEUDO_LINK_DIR}"
+        link_dir.mkdir(parents=True, exist_ok=True)
+        for el in elements:
+            link = link_dir / names[el]
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(self.pseudopotentials[el].resolve())
+        return link_dir, names
+
+    @staticmethod
+    def _density_source(history: Sequence[AttemptResult]) -> Path | None:
+        """The latest attempt's save folder that holds a charge density."""
+        for h in reversed(history):
+            if h.attempt_dir is None:
+                continue
+            save = Path(h.attempt_dir) / SAVE_DIR
+            if any((save / name).is_file() for name in CHARGE_DENSITY_FILES):
+                return save
+        return None
+
+    def next_request(
+        self,
+        structure_id: str,
+        atoms: Atoms,
+        history: Sequence[AttemptResult],
+        workdir: Path,
+    ) -> AttemptRequest | None:
+        """The next attempt for this structure, or None: converged, permanent, or exhausted.
+
+        The attempt runs in ``workdir / f"attempt-{n:02d}"``.
+        """
+        history = [h for h in history if h.number > 0]  # preflight results are not attempts
+        density = self._density_source(history)
+        plan = plan_next(
+            self.base,
+            self.ladders,
+            self.max_attempts,
+            history,
+            density_available=density is not None,
+        )
+        if plan is None:
+            return None
+        attempt_dir = Path(workdir) / f"attempt-{plan.number:02d}"
+        pseudo_dir, names = self._pseudo_dir(atoms, attempt_dir)
+        kpts = plan.params.get(KPTS_KEY)
+        return AttemptRequest(
+            structure_id=structure_id,
+            atoms=atoms.copy(),
+            argv=self.argv,
+            pseudo_dir=pseudo_dir,
+            pseudopotentials=names,
+            input_data=nest_input(plan.params),
+            kspacing=plan.params.get(KSPACING_KEY),
+            kpts=None if kpts is None else (int(kpts[0]), int(kpts[1]), int(kpts[2])),
+            koffset=(self.koffset[0], self.koffset[1], self.koffset[2]),
+            timeout=None if self.timeout is None else float(self.timeout),
+            attempt_dir=attempt_dir,
+            restart_from=density if plan.restart == RESTART_CHARGE_DENSITY else None,
+            step=plan.step,
+            params_diff=plan.params_diff,
+            number=plan.number,
+        )
+
+
+def label_serially(
+    oracle: EspressoOracle, structure_id: str, atoms: Atoms, workdir: Path
+) -> list[AttemptResult]:
+    """Preflight, then attempts one after another until converged or given up.
+
+    A convenience for tests and the benchmark; the lifecycle runner drives
+    :meth:`EspressoOracle.next_request` and :func:`run_attempt` itself.
+    """
+    failed = oracle.preflight(atoms)
+    if failed is not None:
+        return [failed]
+    history: list[AttemptResult] = []
+    while (req := oracle.next_request(structure_id, atoms, history, workdir)) is not None:
+        history.append(run_attempt(req))
+    return history

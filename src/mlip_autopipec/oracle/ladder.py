@@ -1,0 +1,455 @@
+"""The self-healing retry ladder: data, plus one pure planning function.
+
+A ladder maps a failure class to an ordered list of *steps*. A step is plain data::
+
+    {"set": {"electrons.mixing_beta": 0.3}}            # set dotted pw.x keys
+    {"scale": {"system.degauss": 2}}                    # multiply (pw.x default if unset)
+    {"kspacing": 0.2}                                   # change the k-point density (1/Å)
+    {"restart": "charge_density"}                       # start from the previous attempt's
+                                                        # saved density (startingpot='file')
+    {"restart": "scratch"}                              # start clean (the default)
+    {"when": ["decreasing"]}                            # only if the last SCF trajectory was
+                                                        # decreasing / oscillating / stagnant
+    {"match": "tot_magnetization"}                      # only if the pw.x message matches
+    {"note": "why this step"}
+
+Planning rules (:func:`plan_next`):
+
+* steps accumulate along one structure's history (each attempt starts from the effective
+  parameters of the previous one);
+* ``max_attempts`` bounds the total number of attempts;
+* permanent classes (:data:`PERMANENT`) are never retried;
+* every step is used at most once per structure, and a step that would repeat an already
+  tried parameter set (parameters + restart mode) is skipped;
+* the next step is the first unused step of the last attempt's class whose ``when`` and
+  ``match`` conditions hold, so the SCF accuracy trajectory of the failed attempt chooses
+  between "keep going from the density" and "mix more gently";
+* planning is a pure function of (recipe parameters, ladders, history): deterministic.
+
+The default ladder (:data:`DEFAULT_LADDERS`) is rendered as markdown by
+:func:`default_ladder_markdown`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from mlip_autopipec.oracle.diagnose import PERMANENT, RETRYABLE, FailureClass
+
+RESTART_SCRATCH: Final = "scratch"
+RESTART_CHARGE_DENSITY: Final = "charge_density"
+
+#: SCF trajectory labels used by a step's ``when``.
+TREND_DECREASING: Final = "decreasing"
+TREND_OSCILLATING: Final = "oscillating"
+TREND_STAGNANT: Final = "stagnant"
+TREND_NONE: Final = "none"
+TRENDS: Final = (TREND_DECREASING, TREND_OSCILLATING, TREND_STAGNANT, TREND_NONE)
+
+#: Flat keys that are not pw.x namelist entries.
+KSPACING_KEY: Final = "kspacing"
+KPTS_KEY: Final = "kpts"
+#: Set by the oracle for charge-density restarts; never accumulated across attempts.
+STARTINGPOT_KEY: Final = "electrons.startingpot"
+
+#: pw.x (QE 6.7) defaults, used when a ``scale`` step targets a key the recipe left unset.
+PW_DEFAULTS: Final[Mapping[str, Any]] = {
+    "electrons.mixing_beta": 0.7,
+    "electrons.electron_maxstep": 100,
+    "electrons.mixing_ndim": 8,
+    "electrons.conv_thr": 1.0e-6,
+    "electrons.diago_david_ndim": 2,
+    "system.degauss": 0.0,
+    "system.ecutwfc": None,
+}
+
+_SMEARING: Final = {
+    "system.occupations": "smearing",
+    "system.smearing": "mv",
+    "system.degauss": 0.02,
+}
+
+#: The shipped ladder. Facts measured with pw.x 6.7 on this project's test cases are in
+#: the notes; see ``tests/oracle/test_ladder_pwx.py`` for the runs that check them.
+DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
+    FailureClass.SCF_NOT_CONVERGED: [
+        {
+            "when": [TREND_DECREASING],
+            "scale": {"electrons.electron_maxstep": 2},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "SCF was still converging steadily: continue from the saved charge "
+            "density with twice the iterations",
+        },
+        {
+            "scale": {"electrons.mixing_beta": 0.5},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "halve mixing_beta and start from the saved charge density (pw.x "
+            "writes it even after 'convergence NOT achieved'; usually saves most steps)",
+        },
+        {
+            "restart": RESTART_SCRATCH,
+            "note": "same settings from scratch: a saved density can keep metals whose "
+            "occupations flip every step stuck",
+        },
+        {
+            "set": dict(_SMEARING),
+            "restart": RESTART_SCRATCH,
+            "note": "metal with fixed occupations: Marzari-Vanderbilt smearing",
+        },
+        {
+            "set": {"electrons.mixing_mode": "local-TF", "electrons.mixing_ndim": 12},
+            "scale": {"electrons.mixing_beta": 0.5, "electrons.electron_maxstep": 2},
+            "restart": RESTART_SCRATCH,
+            "note": "inhomogeneous system (cluster, surface, magnet): local-TF mixing, "
+            "longer history, gentler beta",
+        },
+        {
+            "set": {"electrons.diagonalization": "cg"},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "last resort: the robust conjugate-gradient eigensolver",
+        },
+    ],
+    FailureClass.CHARGE_WRONG: [
+        {
+            "set": dict(_SMEARING),
+            "restart": RESTART_SCRATCH,
+            "note": "'charge is wrong: smearing is needed': a metal run with fixed occupations",
+        },
+        {
+            "scale": {"system.degauss": 2, "electrons.mixing_beta": 0.5},
+            "restart": RESTART_SCRATCH,
+            "note": "escalate the smearing and mix more gently",
+        },
+        {
+            "set": {"electrons.diagonalization": "cg"},
+            "restart": RESTART_SCRATCH,
+            "note": "charge lost in the eigensolver: conjugate gradient",
+        },
+    ],
+    FailureClass.DIAGONALIZATION: [
+        {
+            "set": {"electrons.diagonalization": "cg"},
+            "restart": RESTART_SCRATCH,
+            "note": "Davidson failed (S matrix / Cholesky): conjugate gradient rescues "
+            "genuine S-matrix failures",
+        },
+        {
+            "set": {"electrons.diagonalization": "ppcg"},
+            "restart": RESTART_SCRATCH,
+            "note": "second eigensolver: projected preconditioned CG",
+        },
+    ],
+    FailureClass.WALLTIME: [
+        {
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "continue from the density pw.x saved when max_seconds was reached",
+        },
+        {
+            "scale": {"electrons.mixing_beta": 0.5},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "still too slow: gentler mixing from the saved density",
+        },
+    ],
+    FailureClass.INPUT_ERROR: [
+        {
+            "match": "tot_magnetization|smearing",
+            "set": dict(_SMEARING),
+            "restart": RESTART_SCRATCH,
+            "note": "'fixed occupations and lsda need tot_magnetization': use smearing",
+        },
+    ],
+    FailureClass.CRASHED: [
+        {
+            "set": {"electrons.diagonalization": "cg"},
+            "restart": RESTART_SCRATCH,
+            "note": "unexplained crash: retry once from scratch (cg: smallest eigensolver "
+            "workspace); a second crash quarantines the structure",
+        },
+    ],
+    FailureClass.OUT_OF_MEMORY: [
+        {
+            "set": {"electrons.diagonalization": "cg"},
+            "restart": RESTART_SCRATCH,
+            "note": "cg needs no Davidson subspace (diago_david_ndim x nbnd): less memory",
+        },
+    ],
+}
+
+DEFAULT_MAX_ATTEMPTS: Final = 6
+
+STEP_KEYS: Final = frozenset({"set", "scale", "kspacing", "restart", "when", "match", "note"})
+
+
+class HistoryEntry(Protocol):
+    """What the planner reads from each past attempt (AttemptResult satisfies it)."""
+
+    @property
+    def failure_class(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def step(self) -> Mapping[str, Any] | None: ...
+    @property
+    def params_diff(self) -> Mapping[str, Any]: ...
+    @property
+    def scf_history_ev(self) -> Sequence[float]: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The next attempt: which step, the effective flat parameters, how to start."""
+
+    number: int
+    step: dict[str, Any] | None
+    params: dict[str, Any]
+    params_diff: dict[str, Any]
+    restart: str
+
+
+# --- flat dotted parameters ------------------------------------------------------------
+
+
+def flatten_input(input_data: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"system": {"ecutwfc": 30}}`` -> ``{"system.ecutwfc": 30}`` (section names lowercased)."""
+    flat: dict[str, Any] = {}
+    for section, values in input_data.items():
+        if isinstance(values, Mapping):
+            for key, value in values.items():
+                flat[f"{str(section).lower()}.{key}"] = value
+        else:
+            # ASE also accepts flat input_data; keep such keys under their own name
+            flat[str(section)] = values
+    return flat
+
+
+def nest_input(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Inverse of :func:`flatten_input` for dotted keys; k-point keys are left out."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        if key in (KSPACING_KEY, KPTS_KEY) or "." not in key:
+            continue
+        section, name = key.split(".", 1)
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def base_params(oracle_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's effective flat parameter set (namelists + k-points)."""
+    params = flatten_input(oracle_cfg.get("input_data") or {})
+    if oracle_cfg.get("kpts") is not None:
+        params[KPTS_KEY] = [int(k) for k in oracle_cfg["kpts"]]
+    elif oracle_cfg.get("kspacing") is not None:
+        params[KSPACING_KEY] = float(oracle_cfg["kspacing"])
+    return params
+
+
+def params_diff(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys whose value differs from the recipe (removed keys map to None), sorted."""
+    diff = {k: v for k, v in params.items() if k not in base or base[k] != v}
+    diff.update({k: None for k in base if k not in params})
+    return dict(sorted(diff.items()))
+
+
+def apply_diff(base: Mapping[str, Any], diff: Mapping[str, Any]) -> dict[str, Any]:
+    """Effective parameters of an attempt from the recipe and its recorded diff."""
+    params = dict(base)
+    for key, value in diff.items():
+        if value is None:
+            params.pop(key, None)
+        else:
+            params[key] = value
+    return params
+
+
+def _scaled(value: Any, factor: float) -> Any:
+    if isinstance(value, bool):
+        raise TypeError("cannot scale a boolean")
+    if isinstance(value, int):
+        return max(1, int(round(value * factor)))
+    # round away float noise (0.7 * 0.5 * 0.5 ...) so parameter sets compare equal
+    return float(f"{float(value) * float(factor):.12g}")
+
+
+def apply_step(params: Mapping[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
+    """A new parameter dict with ``step`` applied to a copy of ``params``."""
+    out = dict(params)
+    for key, value in (step.get("set") or {}).items():
+        out[key] = value
+    for key, factor in (step.get("scale") or {}).items():
+        current = out.get(key, PW_DEFAULTS.get(key))
+        if current is None:
+            raise ValueError(f"cannot scale {key!r}: not set in the recipe and no pw.x default")
+        out[key] = _scaled(current, factor)
+    if step.get("kspacing") is not None:
+        out.pop(KPTS_KEY, None)
+        out[KSPACING_KEY] = float(step["kspacing"])
+    return out
+
+
+def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Every problem with a ladder definition (empty when usable)."""
+    problems: list[str] = []
+    for cls, steps in ladders.items():
+        if cls not in RETRYABLE:
+            why = "is permanent" if cls in PERMANENT else "is not a failure class"
+            problems.append(f"retry.ladders.{cls}: {cls!r} {why}; it cannot have a ladder")
+            continue
+        for i, step in enumerate(steps):
+            where = f"retry.ladders.{cls}[{i}]"
+            unknown = set(step) - STEP_KEYS
+            if unknown:
+                problems.append(f"{where}: unknown step keys {sorted(unknown)}")
+            if step.get("restart", RESTART_SCRATCH) not in (
+                RESTART_SCRATCH,
+                RESTART_CHARGE_DENSITY,
+            ):
+                problems.append(f"{where}: restart must be 'scratch' or 'charge_density'")
+            for key, factor in (step.get("scale") or {}).items():
+                if not isinstance(factor, int | float) or isinstance(factor, bool) or factor <= 0:
+                    problems.append(f"{where}: scale factor for {key} must be a positive number")
+            when = step.get("when")
+            if when is not None:
+                for t in [when] if isinstance(when, str) else when:
+                    if t not in TRENDS:
+                        problems.append(f"{where}: when={t!r} is not one of {list(TRENDS)}")
+            if step.get("match") is not None:
+                try:
+                    re.compile(step["match"])
+                except re.error as exc:
+                    problems.append(f"{where}: match is not a regular expression: {exc}")
+    return problems
+
+
+# --- SCF trajectory ----------------------------------------------------------------------
+
+
+def scf_trend(history: Sequence[float]) -> str:
+    """Label an SCF accuracy trajectory: decreasing, oscillating, stagnant or none.
+
+    Uses the second half of the iterations (the start is always noisy): ``decreasing``
+    when the accuracy fell by more than a factor 10 there with few rises; ``oscillating``
+    when at least a third of the steps went up; otherwise ``stagnant``.
+    """
+    values = [v for v in history if v > 0 and math.isfinite(v)]
+    if len(values) < 4:
+        return TREND_NONE
+    tail = values[len(values) // 2 :]
+    logs = [math.log10(v) for v in tail]
+    rises = sum(1 for a, b in zip(logs, logs[1:], strict=False) if b > a)
+    frac_rises = rises / max(1, len(logs) - 1)
+    drop = logs[0] - logs[-1]
+    if frac_rises >= 1 / 3:
+        return TREND_OSCILLATING
+    if drop >= 1.0:
+        return TREND_DECREASING
+    return TREND_STAGNANT
+
+
+# --- planning ----------------------------------------------------------------------------
+
+
+def _key(diff: Mapping[str, Any]) -> str:
+    return json.dumps(diff, sort_keys=True, default=str)
+
+
+def _restart_diff(diff: dict[str, Any], restart: str) -> dict[str, Any]:
+    out = {k: v for k, v in diff.items() if k != STARTINGPOT_KEY}
+    if restart == RESTART_CHARGE_DENSITY:
+        out[STARTINGPOT_KEY] = "file"
+    return dict(sorted(out.items()))
+
+
+def _conditions_hold(step: Mapping[str, Any], trend: str, message: str) -> bool:
+    when = step.get("when")
+    if when is not None:
+        wanted = [when] if isinstance(when, str) else list(when)
+        if trend not in wanted:
+            return False
+    match = step.get("match")
+    return not (match is not None and re.search(match, message or "") is None)
+
+
+def plan_next(
+    base: Mapping[str, Any],
+    ladders: Mapping[str, Sequence[Mapping[str, Any]]],
+    max_attempts: int,
+    history: Sequence[HistoryEntry],
+    density_available: bool = True,
+) -> Plan | None:
+    """The next attempt for a structure, or None to stop (success, permanent, exhausted).
+
+    ``base`` is the recipe's flat parameter set (:func:`base_params`); ``history`` the
+    structure's attempts in order. ``density_available`` says whether a previous attempt
+    left a charge density to restart from; when it did not, ``charge_density`` steps run
+    from scratch (and are skipped if that repeats a tried parameter set).
+    """
+    if not history:
+        return Plan(1, None, dict(base), {}, RESTART_SCRATCH) if max_attempts >= 1 else None
+    last = history[-1]
+    if (
+        last.failure_class == FailureClass.CONVERGED
+        or last.failure_class in PERMANENT
+        or len(history) >= max_attempts
+    ):
+        return None
+    steps = ladders.get(last.failure_class) or []
+    used = {(h.step.get("ladder"), h.step.get("index")) for h in history if h.step is not None}
+    tried = {_key(dict(h.params_diff)) for h in history}
+    current = apply_diff(base, {k: v for k, v in last.params_diff.items() if k != STARTINGPOT_KEY})
+    trend = scf_trend(last.scf_history_ev)
+    for index, step in enumerate(steps):
+        if (last.failure_class, index) in used:
+            continue
+        if not _conditions_hold(step, trend, last.message):
+            continue
+        params = apply_step(current, step)
+        restart = step.get("restart", RESTART_SCRATCH)
+        if restart == RESTART_CHARGE_DENSITY and not density_available:
+            restart = RESTART_SCRATCH
+        diff = _restart_diff(params_diff(base, params), restart)
+        if _key(diff) in tried:
+            continue
+        record = {"ladder": last.failure_class, "index": index, "trend": trend, **step}
+        return Plan(len(history) + 1, record, params, diff, restart)
+    return None
+
+
+def default_ladder_markdown(
+    ladders: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> str:
+    """The ladder as a markdown table (for the docs and the schema description)."""
+    ladders = DEFAULT_LADDERS if ladders is None else ladders
+    rows = [
+        "| failure class | # | when | changes | restart | why |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def fmt(v: Any) -> str:
+        return json.dumps(v) if not isinstance(v, str) else v
+
+    for cls in RETRYABLE:
+        for i, step in enumerate(ladders.get(cls) or []):
+            changes = [f"`{k} = {fmt(v)}`" for k, v in (step.get("set") or {}).items()]
+            changes += [f"`{k} x {fmt(v)}`" for k, v in (step.get("scale") or {}).items()]
+            if step.get("kspacing") is not None:
+                changes.append(f"`kspacing = {step['kspacing']}`")
+            cond = []
+            if step.get("when"):
+                w = step["when"]
+                cond.append("SCF " + (" or ".join(w) if not isinstance(w, str) else w))
+            if step.get("match"):
+                cond.append(f"message ~ `{step['match']}`")
+            rows.append(
+                f"| {cls} | {i + 1} | {'; '.join(cond) or 'always'} | "
+                f"{'<br>'.join(changes) or '(none)'} | {step.get('restart', RESTART_SCRATCH)} | "
+                f"{step.get('note', '')} |"
+            )
+    perm = ", ".join(sorted(PERMANENT))
+    rows.append("")
+    rows.append(f"Never retried (permanent): {perm}.")
+    return "\n".join(rows)

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Regenerate tests/data/pwx/<case>/ with the real pw.x (QE 6.7 here): run
+
+    .venv/bin/python tests/data/make_pwx_outputs.py [case ...]
+
+Each case keeps pw.x's espresso.pwi/.pwo/.err (and CRASH when written) plus meta.json
+(return code, timeout flag, the class the case was built to produce). The parsing tests
+read only these files, so they need no binary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+from ase.build import bulk
+
+from mlip_autopipec.oracle import EspressoOracle, run_attempt
+
+HERE = Path(__file__).resolve().parent / "pwx"
+P = Path("/usr/share/espresso/pseudo")
+
+
+def cfg(
+    system: dict[str, Any] | None = None, electrons: dict[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "command": "pw.x",
+        "kspacing": 0.3,
+        "koffset": [0, 0, 0],
+        "timeout": 120,
+        "input_data": {
+            "control": {"tprnfor": True, "tstress": True},
+            "system": {"ecutwfc": 15, **(system or {})},
+            "electrons": {"conv_thr": 1e-8, **(electrons or {})},
+        },
+    }
+    c.update(kw)
+    return c
+
+
+SI = bulk("Si", "diamond", 5.43)
+NI2 = Atoms("Ni2", positions=[[0, 0, 0], [0.6, 0, 0]], cell=[4.5] * 3, pbc=True)
+NI_SMEAR = {"ecutrho": 120, "occupations": "smearing", "smearing": "mv", "degauss": 0.02}
+
+# name: (oracle cfg, pseudopotentials, atoms, request overrides, expected class)
+CASES: dict[str, tuple[dict[str, Any], dict[str, str], Atoms, dict[str, Any], str]] = {
+    "si_converged": (cfg(), {"Si": "Si.pz-vbc.UPF"}, SI, {}, "converged"),
+    "si_maxstep": (
+        cfg(electrons={"electron_maxstep": 3}),
+        {"Si": "Si.pz-vbc.UPF"},
+        SI,
+        {},
+        "scf_not_converged",
+    ),
+    "al_fixed_occupations": (
+        cfg(),
+        {"Al": "Al.pz-vbc.UPF"},
+        bulk("Al", "fcc", 4.05),
+        {},
+        "charge_wrong",
+    ),
+    "missing_pseudo": (
+        cfg(),
+        {"Si": "Si.pz-vbc.UPF"},
+        SI,
+        {"pseudopotentials": {"Si": "Si.does-not-exist.UPF"}},
+        "missing_pseudopotential",
+    ),
+    "xc_conflict": (
+        cfg(system={"ecutrho": 120}),
+        {"Si": "Si.pz-vbc.UPF", "C": "C.pbe-rrkjus.UPF"},
+        bulk("SiC", "zincblende", 4.36),
+        {},
+        "xc_conflict",
+    ),
+    "fr_pp_needs_spinorbit": (
+        cfg(system={"ecutrho": 120, "occupations": "smearing", "degauss": 0.02}),
+        {"Pt": "Pt.rel-pz-n-rrkjus.UPF"},
+        bulk("Pt", "fcc", 3.92),
+        {},
+        "needs_spinorbit",
+    ),
+    "lsda_fixed_occupations": (
+        cfg(system={"nspin": 2, "starting_magnetization": 0.5, "ecutrho": 120}),
+        {"Fe": "Fe.pz-nd-rrkjus.UPF"},
+        bulk("Fe", "bcc", 2.87),
+        {},
+        "input_error",
+    ),
+    "ni2_s_matrix": (
+        cfg(kspacing=None, kpts=[1, 1, 1], system=NI_SMEAR),
+        {"Ni": "Ni.pbe-nd-rrkjus.UPF"},
+        NI2,
+        {},
+        "diagonalization",
+    ),
+    "ni2_cg_segfault": (
+        cfg(kspacing=None, kpts=[1, 1, 1], system=NI_SMEAR, electrons={"diagonalization": "cg"}),
+        {"Ni": "Ni.pbe-nd-rrkjus.UPF"},
+        NI2,
+        {},
+        "crashed",
+    ),
+    "ni2_max_seconds": (
+        cfg(kspacing=None, kpts=[1, 1, 1], system=NI_SMEAR),
+        {"Ni": "Ni.pbe-nd-rrkjus.UPF"},
+        Atoms("Ni2", positions=[[0, 0, 0], [0.9, 0, 0]], cell=[4.5] * 3, pbc=True),
+        {},
+        "walltime",
+    ),
+}
+# pw.x's own max_seconds stop (a few SCF steps in), not our hard timeout
+CASES["ni2_max_seconds"][0]["input_data"]["control"]["max_seconds"] = 2.0
+_ = {}
+
+
+def make(name: str) -> str:
+    oracle_cfg, pps, atoms, overrides, expected = CASES[name]
+    oracle = EspressoOracle(oracle_cfg, {el: P / f for el, f in pps.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        req = oracle.next_request(name, atoms, [], Path(tmp))
+        assert req is not None
+        req = dataclasses.replace(req, **overrides)
+        res = run_attempt(req)
+        out = HERE / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for f in ("espresso.pwi", "espresso.pwo", "espresso.err", "CRASH"):
+            if (req.attempt_dir / f).is_file():
+                shutil.copy2(req.attempt_dir / f, out / f)
+        meta = {
+            "returncode": res.returncode,
+            "timed_out": res.failure_class == "walltime" and "timeout" in res.message,
+            "expected_class": expected,
+            "message": res.message,
+            "energy": res.energy,
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return f"{name}: {res.failure_class} ({res.message}) expected {expected}"
+
+
+if __name__ == "__main__":
+    for case in sys.argv[1:] or list(CASES):
+        print(make(case))
