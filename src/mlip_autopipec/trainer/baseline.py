@@ -1,0 +1,129 @@
+"""Physics baselines for delta learning and the ACE + baseline calculator.
+
+* ``LJ``: an additive ASE :class:`~ase.calculators.lj.LennardJones` baseline. Its energies and
+  forces are subtracted from the DFT labels before fitting, and added back at prediction time.
+* ``ZBL``: pacemaker's own inner core. It *switches* from ACE to ZBL below the inner cutoff
+  (it is not added on top), so nothing is subtracted; it lives inside the ``.yace`` file.
+
+Independently of the baseline, per-element reference energies (least squares on the training
+set, what pacemaker's ``reference_energy: auto`` does) are removed so that ACE learns the
+binding energy rather than -100 eV/atom of pseudo-atom energy; :class:`ReferenceEnergies`
+adds them back so predictions are total energies identical in meaning to pw.x's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.lj import LennardJones
+
+#: Keys of the LJ baseline passed on to ASE's LennardJones (all in eV and Å).
+LJ_KEYS = ("epsilon", "sigma", "rc", "ro", "smooth")
+
+
+def baseline_calculator(baseline: Mapping[str, Any]) -> Calculator | None:
+    """The additive ASE calculator of a ``physics_baseline`` record, or None (none / ZBL)."""
+    if baseline.get("type") == "LJ":
+        return LennardJones(**{k: baseline[k] for k in LJ_KEYS if baseline.get(k) is not None})
+    return None
+
+
+def baseline_labels(calc: Calculator, atoms: Atoms) -> tuple[float, np.ndarray]:
+    """Energy and forces of the baseline ``calc`` for ``atoms`` (a copy is evaluated)."""
+    work = atoms.copy()
+    work.calc = calc
+    energy = float(work.get_potential_energy())
+    forces = np.array(work.get_forces(), dtype=float)
+    work.calc = None
+    return energy, forces
+
+
+def fit_reference_energies(
+    symbols_list: Sequence[Sequence[str]], energies: Sequence[float], elements: Sequence[str]
+) -> dict[str, float]:
+    """Per-element energies minimising sum_s (E_s - sum_el n_el,s * e_el)^2.
+
+    The same least-squares problem pacemaker solves for ``reference_energy: auto``; done
+    here so that the values are known to the calculator that adds them back.
+    """
+    comp = np.array([[list(s).count(el) for el in elements] for s in symbols_list], dtype=float)
+    e_ref = np.linalg.pinv(comp, rcond=1e-10) @ np.asarray(energies, dtype=float)
+    return {el: float(v) for el, v in zip(elements, e_ref, strict=True)}
+
+
+def reference_energy(atoms: Atoms, reference: Mapping[str, float]) -> float:
+    """Sum of the per-element reference energies of ``atoms``."""
+    return float(sum(reference[s] for s in atoms.get_chemical_symbols()))
+
+
+class ReferenceEnergies(Calculator):
+    """Constant per-element energies: no forces, no stress."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, reference: Mapping[str, float]):
+        super().__init__()
+        self.reference = dict(reference)
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None
+        energies = np.array([self.reference[s] for s in self.atoms.get_chemical_symbols()])
+        self.results = {
+            "energy": float(energies.sum()),
+            "free_energy": float(energies.sum()),
+            "energies": energies,
+            "forces": np.zeros((len(self.atoms), 3)),
+            "stress": np.zeros(6),
+        }
+
+
+class AceWithBaseline(Calculator):
+    """ACE plus additive terms (baseline, reference energies): the physical total.
+
+    Energies, forces and stresses of all parts are summed. With an active set loaded on the
+    ACE part, ``results["gamma"]`` holds the per-atom extrapolation grade of the ACE model.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "gamma"]
+
+    def __init__(self, ace: Calculator, additive: Sequence[Calculator], extrapolation: bool = False):
+        super().__init__()
+        self.ace = ace
+        self.additive = list(additive)
+        self.extrapolation = extrapolation
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None
+        periodic = bool(self.atoms.cell.rank == 3 and self.atoms.pbc.all())
+        wanted = ["energy", "forces"] + (["stress"] if periodic else [])
+        total: dict[str, Any] = {}
+        for calc in [self.ace, *self.additive]:
+            calc.calculate(self.atoms.copy(), wanted, all_changes)
+            for key in wanted:
+                value = np.asarray(calc.results[key], dtype=float)
+                total[key] = total[key] + value if key in total else value.copy()
+        self.results = {
+            "energy": float(total["energy"]),
+            "free_energy": float(total["energy"]),
+            "forces": total["forces"],
+        }
+        if periodic:
+            self.results["stress"] = total["stress"]
+        if self.extrapolation:
+            self.results["gamma"] = np.array(self.ace.results["gamma"], dtype=float)
