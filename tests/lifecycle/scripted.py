@@ -48,7 +48,7 @@ class ScriptedResult:
 
 @dataclass(frozen=True)
 class ScriptedRequest:
-    structure_id: int
+    structure_id: str
     number: int
     attempt_dir: Path
     outcome: str
@@ -74,7 +74,7 @@ class ScriptedOracle:
         return None
 
     def next_request(
-        self, structure_id: int, atoms: Atoms, history: list[Any], workdir: Path
+        self, structure_id: str, atoms: Atoms, history: list[Any], workdir: Path
     ) -> ScriptedRequest | None:
         n = len(history) + 1
         if n > self.max_attempts:

@@ -167,7 +167,7 @@ def test_random_kills_never_lose_or_redo_labels(tmp_path_factory, scripts, kills
         labelled_before = energies
     oracle = ScriptedOracle()
     _run(run_dir, InlineExecutor(), oracle)
-    assert {r.structure_id for r in oracle.requests}.isdisjoint(labelled_before)
+    assert {int(r.structure_id) for r in oracle.requests}.isdisjoint(labelled_before)
     assert _snapshot(run_dir) == ref
 
 
@@ -185,7 +185,7 @@ def test_worker_errors(tmp_path):
     _populate(tmp_path, [["converged"], ["converged"]])
 
     def broken(request):
-        if request.structure_id == 1:
+        if request.structure_id == "1":
             raise ValueError("bug in a worker")
         return run_scripted(request)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, cast
 
 from mlip_autopipec.errors import UsageError
@@ -17,12 +18,14 @@ from mlip_autopipec.execution.local import default_workers, local_executor, rank
 __all__ = ["default_workers", "local_executor", "make_executor", "ranks_per_task"]
 
 
-def make_executor(execution_cfg: dict[str, Any], workers: int) -> AbstractContextManager[Executor]:
+def make_executor(
+    execution_cfg: dict[str, Any], workers: int, *, run_dir: Path | None = None
+) -> AbstractContextManager[Executor]:
     """An executor for ``execution_cfg["engine"]`` (``local`` or ``parsl``).
 
     ``local``: a thread pool of ``workers`` threads. ``parsl``: imported only when asked
-    (``mlip_autopipec.execution.parsl_engine.make_parsl_executor(execution_cfg)``), so the
-    cluster extra stays optional. Both are context managers that shut down on exit.
+    (``parsl_engine.make_parsl_executor(execution_cfg, workers, run_dir=RUN_DIR/parsl)``),
+    so the cluster extra stays optional. Both are context managers that shut down on exit.
     """
     engine = execution_cfg.get("engine", "local")
     if engine == "local":
@@ -35,5 +38,9 @@ def make_executor(execution_cfg: dict[str, Any], workers: int) -> AbstractContex
                 f"execution.engine: parsl: cannot load the parsl engine ({exc}); "
                 "install it with: pip install 'mlip-autopipec[cluster]'"
             ) from exc
-        return cast(AbstractContextManager[Executor], module.make_parsl_executor(execution_cfg))
+        parsl_dir = run_dir / "parsl" if run_dir is not None else None
+        return cast(
+            AbstractContextManager[Executor],
+            module.make_parsl_executor(execution_cfg, workers, run_dir=parsl_dir),
+        )
     raise UsageError(f"execution.engine: unknown engine {engine!r} (use 'local' or 'parsl')")

@@ -49,7 +49,7 @@ class Oracle(Protocol):
     def preflight(self, atoms: Any) -> Any | None: ...
 
     def next_request(
-        self, structure_id: int, atoms: Any, history: list[Any], workdir: Path
+        self, structure_id: str, atoms: Any, history: list[Any], workdir: Path
     ) -> Any | None: ...
 
 
@@ -212,7 +212,7 @@ class _Runner:
             return
         history = self._history(sid)
         workdir = structure_workdir(self.run_dir, sid)
-        request = self.oracle.next_request(sid, atoms, list(history), workdir)
+        request = self.oracle.next_request(str(sid), atoms, list(history), workdir)
         if request is None:
             last = history[-1] if history else None
             self._move(
@@ -271,7 +271,7 @@ class _Runner:
             self._done(sid)
             return
         nxt = self.oracle.next_request(
-            sid, self.atoms[sid], list(history), structure_workdir(self.run_dir, sid)
+            str(sid), self.atoms[sid], list(history), structure_workdir(self.run_dir, sid)
         )
         if nxt is None:
             self._move(
@@ -358,7 +358,13 @@ def label_all(
     and :class:`~mlip_autopipec.errors.Interrupted` is raised (exit 130/143).
     """
     if max_inflight is None:
-        max_inflight = int(getattr(executor, "_max_workers", 0) or os.cpu_count() or 1)
+        # ThreadPoolExecutor keeps its size in _max_workers; other executors may say max_workers
+        max_inflight = int(
+            getattr(executor, "max_workers", 0)
+            or getattr(executor, "_max_workers", 0)
+            or os.cpu_count()
+            or 1
+        )
     runner = _Runner(
         store,
         oracle,
