@@ -219,7 +219,7 @@ def launcher_argv(settings: ParslSettings) -> list[str]:
         spec = "mpirun" if cores > 1 else "none"
     if spec.strip().lower() == "none":
         return []
-    if "{cores}" in spec:
+    if "{" in spec:
         try:
             return [part.format(cores=cores) for part in shlex.split(spec)]
         except (ValueError, KeyError, IndexError) as exc:
