@@ -257,7 +257,8 @@ def test_run_task_stops_pw_x_children_on_sigterm(tmp_path: Path) -> None:
         from pathlib import Path
         from mlip_autopipec.execution.parsl_engine import run_task
         from mlip_autopipec.process import run_process
-        run_task(run_process, ["bash", "-c", "echo $$ > {marker}; exec sleep 60"], Path("{tmp_path}"))
+        argv = ["bash", "-c", "echo $$ > {marker}; exec sleep 60"]
+        run_task(run_process, argv, Path("{tmp_path}"))
         """
     )
     worker = subprocess.Popen([sys.executable, "-c", script])
