@@ -122,6 +122,9 @@ def _syntax_error(display: str, exc: MarkedYAMLError, text: str) -> YamlLoadErro
         return _fail(display, line, tab_col, "tab character: YAML indentation must use spaces")
     if "duplicate key" in problem:
         problem = problem.split(" with value")[0]
+    ctx = exc.context_mark
+    if exc.context and ctx is not None and (ctx.line + 1, ctx.column + 1) != (line, col):
+        problem += f" ({exc.context.strip()} started at {ctx.line + 1}:{ctx.column + 1})"
     return _fail(display, line, col, f"YAML syntax: {problem}")
 
 

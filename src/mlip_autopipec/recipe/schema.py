@@ -183,6 +183,11 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
         yield _diag(display, pos.at(path), err.message + hint, path)
         return
     message = x_error or err.message
+    if kind == "type" and isinstance(inst, dict | list):
+        expected = err.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        got = "mapping" if isinstance(inst, dict) else "list"
+        message = f"expected {expected}, got a {got}"
     if x_error and isinstance(inst, str | int | float):
         message = f"{inst!r}: {x_error}"
     yield _diag(display, pos.at(path), message, path)
