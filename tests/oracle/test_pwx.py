@@ -1,0 +1,158 @@
+"""Integration tests with the real pw.x: exact energies, preflight, the ladder at work."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.espresso import Espresso, EspressoProfile
+
+from mlip_autopipec.oracle import EspressoOracle, FailureClass, label_serially
+from oracle_testlib import PSEUDO, needs_pwx, oracle_cfg
+
+pytestmark = [pytest.mark.pwx, needs_pwx]
+
+SI = bulk("Si", "diamond", 5.43)
+SI_PP = {"Si": PSEUDO / "Si.pz-vbc.UPF"}
+NI_SMEAR = {"ecutrho": 120, "occupations": "smearing", "smearing": "mv", "degauss": 0.02}
+
+
+def _ni2(d: float) -> Atoms:
+    return Atoms("Ni2", positions=[[0, 0, 0], [d, 0, 0]], cell=[4.5] * 3, pbc=True)
+
+
+def test_energy_equals_a_direct_ase_run(tmp_path: Path) -> None:
+    cfg = oracle_cfg()
+    atoms = SI.copy()
+    atoms.rattle(0.05, seed=1)
+    [res] = label_serially(EspressoOracle(cfg, SI_PP), "si", atoms, tmp_path / "oracle")
+    assert res.ok, res.message
+
+    direct = Espresso(
+        profile=EspressoProfile(command="pw.x", pseudo_dir=str(PSEUDO)),
+        directory=tmp_path / "direct",
+        input_data=cfg["input_data"],
+        pseudopotentials={"Si": "Si.pz-vbc.UPF"},
+        kspacing=cfg["kspacing"],
+        koffset=tuple(cfg["koffset"]),
+    )
+    ref = atoms.copy()
+    ref.calc = direct
+    assert res.energy is not None
+    assert abs(res.energy - ref.get_potential_energy()) <= 1e-8
+    assert abs(res.free_energy - ref.get_potential_energy(force_consistent=True)) <= 1e-8
+    assert np.allclose(res.forces, ref.get_forces(), atol=1e-8)
+    assert np.allclose(res.stress, ref.get_stress(), atol=1e-10)
+    assert np.abs(res.forces).max() > 1e-3  # rattled: real forces, not zeros
+    assert res.kgrid == (2, 2, 2)
+    assert res.n_scf > 3 and res.scf_accuracy_ev is not None and res.scf_accuracy_ev < 1e-6
+    assert res.pw_version is not None and res.pw_version.startswith("6.")
+    assert res.step is None and res.params_diff == {} and res.wall_time > 0
+
+
+def test_preflight_quarantines_without_running(tmp_path: Path) -> None:
+    oracle = EspressoOracle(oracle_cfg(), SI_PP)
+    close = Atoms("Si2", positions=[[0, 0, 0], [0.3, 0, 0]], cell=[6] * 3, pbc=True)
+    res = label_serially(oracle, "close", close, tmp_path / "close")
+    assert [r.failure_class for r in res] == [FailureClass.OVERLAPPING_ATOMS]
+    assert "0.300 Å" in res[0].message
+    assert not (tmp_path / "close").exists()
+    # minimum image: atoms close across the periodic boundary
+    wrap = Atoms("Si2", positions=[[0.1, 0, 0], [5.8, 0, 0]], cell=[6] * 3, pbc=True)
+    assert oracle.preflight(wrap) is not None
+    missing = EspressoOracle(oracle_cfg(), {"Si": tmp_path / "nope.UPF"})
+    pre = missing.preflight(SI)
+    assert pre is not None and pre.failure_class == FailureClass.MISSING_PSEUDOPOTENTIAL
+    assert oracle.preflight(SI) is None
+
+
+def test_charge_wrong_metal_rescued_by_smearing(tmp_path: Path) -> None:
+    oracle = EspressoOracle(oracle_cfg(), {"Al": PSEUDO / "Al.pz-vbc.UPF"})
+    res = label_serially(oracle, "al", bulk("Al", "fcc", 4.05), tmp_path)
+    assert [r.failure_class for r in res] == ["charge_wrong", "converged"]
+    assert res[0].message.endswith("charge is wrong: smearing is needed")
+    assert res[1].params_diff["system.occupations"] == "smearing"
+    assert res[1].step is not None and res[1].step["ladder"] == "charge_wrong"
+
+
+def test_slowly_converging_scf_continues_from_density(tmp_path: Path) -> None:
+    cfg = oracle_cfg(electrons={"electron_maxstep": 4})
+    res = label_serially(EspressoOracle(cfg, SI_PP), "si", SI, tmp_path / "ladder")
+    assert [r.failure_class for r in res] == ["scf_not_converged", "converged"]
+    assert res[1].step is not None and res[1].step["trend"] == "decreasing"
+    assert res[1].restart == "charge_density"
+    assert res[1].params_diff == {
+        "electrons.electron_maxstep": 8,
+        "electrons.startingpot": "file",
+    }
+    assert res[1].n_scf < res[0].n_scf  # the saved density did most of the work
+    [plain] = label_serially(EspressoOracle(oracle_cfg(), SI_PP), "si", SI, tmp_path / "plain")
+    assert res[1].energy == pytest.approx(plain.energy, abs=1e-6)
+
+
+def test_oscillating_magnet_gets_gentler_mixing(tmp_path: Path) -> None:
+    cfg = oracle_cfg(
+        system={
+            "nspin": 2,
+            "starting_magnetization": 0.8,
+            "ecutrho": 120,
+            "occupations": "smearing",
+            "smearing": "mv",
+            "degauss": 0.01,
+        },
+        electrons={"mixing_beta": 0.95, "electron_maxstep": 10},
+    )
+    oracle = EspressoOracle(cfg, {"Fe": PSEUDO / "Fe.pz-nd-rrkjus.UPF"})
+    res = label_serially(oracle, "fe", bulk("Fe", "bcc", 2.87, cubic=True), tmp_path)
+    assert [r.failure_class for r in res] == ["scf_not_converged", "converged"]
+    assert res[1].step is not None and res[1].step["trend"] == "oscillating"
+    assert res[1].params_diff["electrons.mixing_beta"] == 0.475
+
+
+def test_lsda_input_error_fixed_by_smearing(tmp_path: Path) -> None:
+    cfg = oracle_cfg(system={"nspin": 2, "starting_magnetization": 0.5, "ecutrho": 120})
+    oracle = EspressoOracle(cfg, {"Fe": PSEUDO / "Fe.pz-nd-rrkjus.UPF"})
+    res = label_serially(oracle, "fe", bulk("Fe", "bcc", 2.87), tmp_path)
+    assert [r.failure_class for r in res] == ["input_error", "converged"]
+    assert "tot_magnetization" in res[0].message
+
+
+def test_s_matrix_failure_rescued_by_cg(tmp_path: Path) -> None:
+    cfg = oracle_cfg(kspacing=None, kpts=[1, 1, 1], system=NI_SMEAR)
+    oracle = EspressoOracle(cfg, {"Ni": PSEUDO / "Ni.pbe-nd-rrkjus.UPF"})
+    res = label_serially(oracle, "ni", _ni2(0.7), tmp_path)
+    assert [r.failure_class for r in res] == ["diagonalization", "converged"]
+    assert "S matrix not positive definite" in res[0].message
+    assert res[1].params_diff == {"electrons.diagonalization": "cg"}
+
+
+def test_hopeless_structures_are_quarantined(tmp_path: Path) -> None:
+    # 0.6 Å apart (above min_distance): david fails, cg segfaults, then give up
+    cfg = oracle_cfg(kspacing=None, kpts=[1, 1, 1], system=NI_SMEAR)
+    oracle = EspressoOracle(cfg, {"Ni": PSEUDO / "Ni.pbe-nd-rrkjus.UPF"})
+    res = label_serially(oracle, "ni", _ni2(0.6), tmp_path / "ni")
+    assert [r.failure_class for r in res] == ["diagonalization", "crashed"]
+    assert not res[-1].ok
+    # permanent: one attempt, never retried
+    sic = EspressoOracle(
+        oracle_cfg(system={"ecutrho": 120}),
+        {"Si": PSEUDO / "Si.pz-vbc.UPF", "C": PSEUDO / "C.pbe-rrkjus.UPF"},
+    )
+    res = label_serially(sic, "sic", bulk("SiC", "zincblende", 4.36), tmp_path / "sic")
+    assert [r.failure_class for r in res] == [FailureClass.XC_CONFLICT]
+    assert res[0].message.endswith("conflicting values for icorr")
+
+
+def test_pseudopotentials_from_different_directories(tmp_path: Path) -> None:
+    other = tmp_path / "mine"
+    other.mkdir()
+    shutil.copy(PSEUDO / "C.pbe-rrkjus.UPF", other / "C.pbe-rrkjus.UPF")
+    pps = {"Si": PSEUDO / "Si.pbe-rrkj.UPF", "C": other / "C.pbe-rrkjus.UPF"}
+    oracle = EspressoOracle(oracle_cfg(system={"ecutrho": 120}, kspacing=0.5), pps)
+    res = label_serially(oracle, "sic", bulk("SiC", "zincblende", 4.36), tmp_path / "run")
+    assert res[-1].ok, res[-1].message
+    assert len(res) == 1
