@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from ase.build import bulk
+from oracle_testlib import FAKES, oracle_cfg
 
 from mlip_autopipec.oracle import (
     AttemptResult,
@@ -15,8 +16,6 @@ from mlip_autopipec.oracle import (
     label_serially,
     run_attempt,
 )
-
-from oracle_testlib import FAKES, oracle_cfg
 
 
 def _oracle(tmp_path: Path, fake: str, **kw: object) -> EspressoOracle:

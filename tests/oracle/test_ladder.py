@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlip_autopipec.oracle import DEFAULT_LADDERS, PERMANENT, FailureClass, plan_next
+from mlip_autopipec.oracle.diagnose import RETRYABLE
 from mlip_autopipec.oracle.ladder import (
     RESTART_CHARGE_DENSITY,
     RESTART_SCRATCH,
@@ -20,7 +21,6 @@ from mlip_autopipec.oracle.ladder import (
     scf_trend,
     validate_ladders,
 )
-from mlip_autopipec.oracle.diagnose import RETRYABLE
 
 BASE = base_params(
     {

@@ -10,9 +10,9 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.espresso import Espresso, EspressoProfile
+from oracle_testlib import PSEUDO, needs_pwx, oracle_cfg
 
 from mlip_autopipec.oracle import EspressoOracle, FailureClass, label_serially
-from oracle_testlib import PSEUDO, needs_pwx, oracle_cfg
 
 pytestmark = [pytest.mark.pwx, needs_pwx]
 
