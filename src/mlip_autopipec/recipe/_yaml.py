@@ -217,9 +217,44 @@ def _plain(obj: Any, path: Path_, pos: Positions) -> Any:
     return str(obj)
 
 
+def _check_flow_depth(text: str, display: str) -> None:
+    """Refuse absurd ``[[[[...`` nesting before the parser (superlinear in depth) sees it."""
+    depth = 0
+    quote = ""
+    line, col = 1, 0
+    prev = "\n"
+    comment = False
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, comment = line + 1, 0, False
+            quote = "" if quote == "'" else quote
+        elif comment:
+            pass
+        elif quote:
+            if ch == quote and prev != "\\":
+                quote = ""
+        elif ch in "'\"" and prev in " \t\n[{,:":
+            quote = ch
+        elif ch == "#" and prev in " \t\n":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _fail(display, line, col, "YAML nested too deeply")
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        prev = ch
+    for number, row in enumerate(text.splitlines(), 1):
+        indent = len(row) - len(row.lstrip(" "))
+        if indent > 2 * MAX_DEPTH:
+            raise _fail(display, number, indent + 1, "YAML indented too deeply")
+
+
 def load_yaml(path: Path, display: str) -> tuple[Any, Positions]:
     """Load ``path`` safely; return plain data and positions, or raise :class:`YamlLoadError`."""
     text = _read_text(path, display)
+    _check_flow_depth(text, display)
     yaml = YAML(typ="rt")
     limit = sys.getrecursionlimit()
     try:

@@ -43,6 +43,11 @@ def search_dirs(pseudo_dir: str | Path | None, base_dir: Path) -> list[Path]:
     return dirs
 
 
+def is_path(entry: str) -> bool:
+    """Whether a pseudopotentials entry names a path (has a folder part) or a bare file name."""
+    return "/" in entry or entry.startswith("~")
+
+
 def locate(entry: str, dirs: list[Path], base_dir: Path) -> Path | None:
     """Path of the file named by ``entry`` (also tried with ``.gz``), or None.
 
@@ -50,7 +55,7 @@ def locate(entry: str, dirs: list[Path], base_dir: Path) -> Path | None:
     to ``base_dir`` (or as is when absolute).
     """
     p = Path(entry).expanduser()
-    if p.is_absolute() or len(p.parts) > 1:
+    if is_path(entry):
         candidates = [p if p.is_absolute() else base_dir / p]
     else:
         candidates = [d / p for d in dirs]

@@ -276,6 +276,9 @@ def _type_of(schema: Any, root: dict[str, Any]) -> str:
     if "enum" in schema:
         return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     if "oneOf" in schema and "type" not in schema:
+        titles = [b.get("title") for b in schema["oneOf"] if isinstance(b, dict)]
+        if all(titles):
+            return "mapping: " + " or ".join(str(t) for t in titles)
         return " or ".join(filter(None, (_type_of(b, root) for b in schema["oneOf"])))
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind else []

@@ -163,8 +163,12 @@ def _check_pseudopotentials(
         if found is None:
             close = pseudo.close_names(entry, dirs)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            searched = ", ".join(str(d) for d in dirs)
-            c.add(where, f"pseudopotential {entry!r} not found (searched {searched}){hint}")
+            searched = (
+                f"relative to {c.base_dir}"
+                if pseudo.is_path(entry)
+                else "searched " + ", ".join(str(d) for d in dirs)
+            )
+            c.add(where, f"pseudopotential {entry!r} not found ({searched}){hint}")
             continue
         try:
             header = pseudo.read_header(found)
@@ -276,7 +280,7 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
     if oracle.get("pseudo_dir"):
         oracle["pseudo_dir"] = absolute(oracle["pseudo_dir"])
     for symbol, entry in oracle["pseudopotentials"].items():
-        if len(Path(entry).parts) > 1:
+        if pseudo.is_path(entry):
             oracle["pseudopotentials"][symbol] = absolute(entry)
 
 
@@ -291,6 +295,8 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         raw, pos = load_yaml(Path(path), display)
     except YamlLoadError as exc:
         return exc.diagnostics, None
+    if raw is None:
+        return [Diagnostic(display, 1, 1, "empty recipe: expected a mapping with 'structures', ...")], None
     if not isinstance(raw, dict):
         kind = "a list" if isinstance(raw, list) else f"a {type(raw).__name__} ({raw!r:.40})"
         line, col = pos.at(())
