@@ -129,6 +129,15 @@ def test_status_poll_interval_is_settable() -> None:
     assert executor.provider.status_polling_interval == 3
 
 
+@pytest.mark.parametrize(
+    ("given", "parsl_form"),
+    [("00:30:00", "00:30:00"), ("1-02:00:00", "26:00:00"), ("2-00:00:30", "48:00:30")],
+)
+def test_walltime_day_prefix_is_folded_into_hours(given: str, parsl_form: str) -> None:
+    settings = pe.parse_parsl_settings({"parsl": {"walltime": given}})
+    assert settings.walltime == parsl_form
+
+
 def test_defaults_when_section_is_missing() -> None:
     settings = pe.parse_parsl_settings({"engine": "parsl"})
     assert settings.provider == "local"
@@ -168,7 +177,9 @@ def test_bad_settings_name_the_key(key: str, value: object, needle: str) -> None
         (None, 2, ["mpirun", "-np", "2"]),
         ("mpirun", 4, ["mpirun", "-np", "4"]),
         ("mpiexec --bind-to core", 4, ["mpiexec", "--bind-to", "core", "-np", "4"]),
-        ("srun --mpi=pmix", 8, ["srun", "--mpi=pmix", "-n", "8"]),
+        ("srun --mpi=pmix", 8, ["srun", "--mpi=pmix", "--overlap", "-n", "8", "-c", "1"]),
+        ("auto", 2, ["mpirun", "-np", "2"]),
+        ("auto", 1, []),
         ("mpirun -n {cores} --map-by core", 3, ["mpirun", "-n", "3", "--map-by", "core"]),
         ("none", 4, []),
     ],

@@ -65,7 +65,7 @@ OPENMPI_ENV = {
 #: The HighThroughputExecutor's label (Parsl apps are bound to it).
 LABEL = "autopipec"
 
-_WALLTIME = re.compile(r"^\d{1,3}:[0-5]\d:[0-5]\d$")
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)$")
 
 _KNOWN_KEYS = frozenset(
     {
@@ -104,7 +104,7 @@ class ParslSettings:
     cores_per_task: int = 1
     #: Cores per node; None lets each pilot job count the cores it sees.
     cores_per_node: int | None = None
-    #: None: ``mpirun -np {cores}`` when cores_per_task > 1, nothing otherwise.
+    #: None or "auto": ``mpirun -np {cores}`` when cores_per_task > 1, nothing otherwise.
     #: "none": never prefix. Otherwise a launcher name or a template containing ``{cores}``.
     mpi_launcher: str | None = None
     worker_init: str = ""
@@ -161,8 +161,14 @@ def parse_parsl_settings(execution_cfg: Mapping[str, Any]) -> ParslSettings:
     if provider not in ("slurm", "local"):
         raise UsageError(f"{_where('provider')}: expected 'slurm' or 'local', got {provider!r}")
     walltime = raw.get("walltime") or ParslSettings.walltime
-    if not isinstance(walltime, str) or not _WALLTIME.match(walltime):
-        raise UsageError(f"{_where('walltime')}: expected 'HH:MM:SS', got {walltime!r}")
+    match = _WALLTIME.match(walltime) if isinstance(walltime, str) else None
+    if match is None:
+        raise UsageError(
+            f"{_where('walltime')}: expected 'HH:MM:SS' or 'D-HH:MM:SS', got {walltime!r}"
+        )
+    days, hours, minutes, seconds = match.groups()
+    # Parsl only understands HH:MM:SS: fold Slurm's day prefix into the hours.
+    walltime = f"{int(days or 0) * 24 + int(hours):02d}:{minutes}:{seconds}"
     exclusive = raw.get("exclusive", True)
     if not isinstance(exclusive, bool):
         raise UsageError(f"{_where('exclusive')}: expected true or false, got {exclusive!r}")
@@ -209,13 +215,13 @@ def parse_parsl_settings(execution_cfg: Mapping[str, Any]) -> ParslSettings:
 def launcher_argv(settings: ParslSettings) -> list[str]:
     """The argv prefix that launches one pw.x on ``cores_per_task`` cores (may be empty).
 
-    ``mpi_launcher`` None means ``mpirun -np {cores}`` when cores_per_task > 1; "none" means no
-    prefix; a bare launcher name gets ``-np {cores}`` (``-n`` for srun); a string containing
-    ``{cores}`` is split with shlex and used as given.
+    ``mpi_launcher`` None/"auto" means ``mpirun -np {cores}`` when cores_per_task > 1; "none"
+    means no prefix; a bare launcher name gets ``-np {cores}`` (srun: ``--overlap -n {cores}
+    -c 1``); a string containing ``{cores}`` is split with shlex and used as given.
     """
     cores = settings.cores_per_task
     spec = settings.mpi_launcher
-    if spec is None:
+    if spec is None or spec.strip().lower() == "auto":
         spec = "mpirun" if cores > 1 else "none"
     if spec.strip().lower() == "none":
         return []
@@ -230,8 +236,11 @@ def launcher_argv(settings: ParslSettings) -> list[str]:
         raise UsageError(f"{_where('mpi_launcher')}: cannot split {spec!r}: {exc}") from exc
     if not parts:
         return []
-    flag = "-n" if Path(parts[0]).name == "srun" else "-np"
-    return [*parts, flag, str(cores)]
+    if Path(parts[0]).name == "srun":
+        # --overlap: attempts sharing a pilot job run as concurrent steps; -c 1: one core per
+        # rank, not the pilot's --cpus-per-task (which srun would otherwise inherit).
+        return [*parts, "--overlap", "-n", str(cores), "-c", "1"]
+    return [*parts, "-np", str(cores)]
 
 
 def with_launcher(argv: Sequence[str], prefix: Sequence[str]) -> list[str]:
