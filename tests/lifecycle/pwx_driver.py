@@ -2,7 +2,9 @@
 
 Used by the kill test (run as a subprocess and SIGKILLed) and by bench/p2_workers.py:
 
-    python tests/lifecycle/pwx_driver.py RUN_DIR N_STRUCTURES WORKERS
+    python tests/lifecycle/pwx_driver.py RUN_DIR N_STRUCTURES WORKERS [PROFILE]
+
+PROFILE ``fast`` (default, ~0.15 s per pw.x) or ``bench`` (denser k-mesh and cutoff, ~1 s).
 
 Prints one JSON line with the final counts and the wall time.
 """
@@ -43,6 +45,18 @@ ORACLE_CFG = {
 }
 
 
+#: Heavier settings for the P2 benchmark, so pw.x start-up does not dominate.
+BENCH_CFG = {
+    **ORACLE_CFG,
+    "kspacing": 0.12,
+    "input_data": {
+        "control": {"calculation": "scf", "tprnfor": True, "tstress": True},
+        "system": {"ecutwfc": 30.0},
+        "electrons": {"conv_thr": 1.0e-9},
+    },
+}
+
+
 def si_cells(n: int) -> list:
     """n distinct rattled/strained Si primitive cells (deterministic)."""
     rng = np.random.default_rng(7)
@@ -54,8 +68,9 @@ def si_cells(n: int) -> list:
     return cells
 
 
-def main(run_dir: Path, n: int, workers: int) -> dict:
-    oracle = EspressoOracle(ORACLE_CFG, {"Si": PSEUDO_DIR / "Si.pz-vbc.UPF"})
+def main(run_dir: Path, n: int, workers: int, profile: str = "fast") -> dict:
+    cfg = BENCH_CFG if profile == "bench" else ORACLE_CFG
+    oracle = EspressoOracle(cfg, {"Si": PSEUDO_DIR / "Si.pz-vbc.UPF"})
     start = time.monotonic()
     with RunLock(run_dir), Store.open(run_dir) as store:
         store.add_structures([(a, f"si:{i}") for i, a in enumerate(si_cells(n))])
@@ -65,5 +80,6 @@ def main(run_dir: Path, n: int, workers: int) -> dict:
 
 
 if __name__ == "__main__":
-    out = main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    profile = sys.argv[4] if len(sys.argv) > 4 else "fast"
+    out = main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), profile)
     print(json.dumps(out), flush=True)
