@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlip_autopipec import __version__
-from mlip_autopipec.errors import AutopipecError
+from mlip_autopipec.errors import AutopipecError, RecipeError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -158,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     try:
         return _COMMANDS[args.command](args)
+    except RecipeError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        if not exc.diagnostics:
+            print(f"autopipec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except AutopipecError as exc:
         print(f"autopipec: error: {exc}", file=sys.stderr)
         return exc.exit_code
