@@ -47,16 +47,20 @@ def main() -> None:
     if shutil.which("pw.x") is None:
         raise SystemExit("pw.x not found")
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    print(f"P2: {n} Si structures, real pw.x, cpu_count={os.cpu_count()}, "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"P2: {n} Si structures, real pw.x, cpu_count={os.cpu_count()}, "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory(prefix="p2-") as tmp:
         t1, e1 = run(n, 1, Path(tmp))
         print(f"  workers 1: {t1:7.2f} s  ({t1 / n:.3f} s/structure)")
         t2, e2 = run(n, 2, Path(tmp))
         print(f"  workers 2: {t2:7.2f} s  ({t2 / n:.3f} s/structure)")
     worst = max(abs(e1[k] - e2[k]) for k in e1)
-    print(f"  speedup: {t1 / t2:.2f}x (target >= 1.8); "
-          f"max |E(1 worker) - E(2 workers)| = {worst:.1e} eV")
+    print(
+        f"  speedup: {t1 / t2:.2f}x (target >= 1.8); "
+        f"max |E(1 worker) - E(2 workers)| = {worst:.1e} eV"
+    )
     print(f"  load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -127,9 +127,7 @@ def one(n: int) -> dict[str, float]:
             store.add_structures([(a, f"cu:{i}") for i, a in enumerate(atoms)])
             t_add = time.process_time() - t0
             t1 = time.process_time()
-            counts = label_all(
-                store, EMTOracle(), run_emt, Inline(), run_dir, permanent=PERMANENT
-            )
+            counts = label_all(store, EMTOracle(), run_emt, Inline(), run_dir, permanent=PERMANENT)
             t_label = time.process_time() - t1
             t2 = time.process_time()
             labelled = store.labelled_atoms()
@@ -174,7 +172,8 @@ def main() -> None:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(
-            f"  n={r['n']:>6}: CPU total {r['total_s']:6.2f} s (wall {r['wall_s']:.1f} s), EMT {r['emt_s']:5.2f} s, "
+            f"  n={r['n']:>6}: CPU total {r['total_s']:6.2f} s (wall {r['wall_s']:.1f} s), "
+            f"EMT {r['emt_s']:5.2f} s, "
             f"bookkeeping {r['bookkeeping_s']:6.2f} s = {r['per_structure_ms']:.3f} ms/structure"
             f" (add {r['add_s']:.2f} s, label_all {r['label_all_s']:.2f} s, "
             f"labelled_atoms {r['labelled_atoms_s']:.2f} s, status {r['status_json_s']:.2f} s); "

@@ -226,8 +226,9 @@ def test_worker_errors(tmp_path):
     assert _snapshot(run_dir)[0] == {1: ("pending", 0, None)}
 
 
-def test_sigterm_stops_gracefully(tmp_path):
-    """Real child processes (sleep) are terminated; states are written; Interrupted(15)."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_gracefully(tmp_path, signum, code):
+    """Real child processes (sleep) are terminated; states are written; Interrupted."""
     _populate(tmp_path, [["converged"]] * 5)
 
     def slow(request):
@@ -236,7 +237,7 @@ def test_sigterm_stops_gracefully(tmp_path):
             return ScriptedResult(request.number, str(request.attempt_dir), "crashed", "killed")
         return run_scripted(request)
 
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signum))
     timer.start()
     try:
         with ThreadPoolExecutor(2) as ex, Store.open(tmp_path) as store:
@@ -253,11 +254,12 @@ def test_sigterm_stops_gracefully(tmp_path):
     finally:
         timer.cancel()
         process.reset()
-    assert err.value.signum == signal.SIGTERM and err.value.exit_code == 143
+    assert err.value.signum == signum and err.value.exit_code == code
     rows, energies, classes = _snapshot(tmp_path)
     assert {r[0] for r in rows.values()} == {"pending"}
     assert energies == {} and all(c == [] for c in classes.values())
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
     # and the rerun completes, setting the stopped attempts aside
     _run(tmp_path, InlineExecutor())
     assert _snapshot(tmp_path)[0] == {i: ("labelled", 1, None) for i in range(1, 6)}
