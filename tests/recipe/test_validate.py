@@ -108,7 +108,7 @@ def test_relative_paths_resolve_against_recipe_folder(
     (sub / "pp").mkdir()
     shutil.copy(DATA / "si2.extxyz", sub / "data")
     shutil.copy(SYSTEM_PSEUDO / SI_PP, sub / "pp" / "Si.local.UPF")
-    p = _write(
+    _write(
         sub,
         "structures:\n  - file: data/si2.extxyz\n    index: '-1'\n"
         "oracle: {pseudo_dir: pp, pseudopotentials: {Si: Si.local.UPF}}\n",

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.io.formats import ioformats
 from ase.neighborlist import neighbor_list
 
 from mlip_autopipec.errors import Diagnostic, RecipeError
@@ -20,16 +21,21 @@ from mlip_autopipec.recipe._yaml import Path_, Positions, YamlLoadError, load_ya
 from mlip_autopipec.recipe.model import Recipe
 from mlip_autopipec.recipe.namelists import check_key
 from mlip_autopipec.recipe.schema import (
+    did_you_mean,
     dotted,
     fill_defaults,
     invalid_sections,
     load_schema,
     schema_diagnostics,
 )
-from mlip_autopipec.recipe.structures import bulk_structures, read_frames
+from mlip_autopipec.recipe.structures import bulk_base, read_frames, strains
 
 #: pw.x refuses ecutrho <= ecutwfc and warns below 4 × ecutwfc (norm-conserving minimum).
 _ECUTRHO_FACTOR_DEFAULT = 8.0
+#: Above this many structures validation warns (strain/rattle counts multiply).
+MANY_STRUCTURES = 5000
+#: Å^3 per atom below which a cell is certainly not a real material (and neighbor lists explode).
+MIN_VOLUME_PER_ATOM = 1.0
 _SECTIONS = ("control", "system", "electrons", "ions", "cell")
 
 
@@ -60,6 +66,13 @@ def _check_cell(c: _Checker, path: Path_, what: str, atoms: Atoms, min_distance:
     if abs(atoms.cell.volume) < 1e-6:
         c.add(path, f"{what} has no 3D cell; pw.x needs a periodic cell (set one in the file)")
         return
+    if abs(atoms.cell.volume) / len(atoms) < MIN_VOLUME_PER_ATOM:
+        c.add(
+            path,
+            f"{what} has {abs(atoms.cell.volume) / len(atoms):.3g} Å^3 per atom: "
+            "not a physical cell (units must be Å)",
+        )
+        return
     if min_distance > 0 and len(atoms) > 0:
         d = neighbor_list("d", atoms, min_distance, self_interaction=False)
         if len(d):
@@ -77,6 +90,7 @@ def _check_structures(
     """Elements -> indices of the entries using them; None if some entry failed."""
     elements: dict[str, list[int]] = {}
     ok = True
+    total = 0
     for i, entry in enumerate(entries):
         path: Path_ = ("structures", i)
         if "bulk" in entry:
@@ -86,13 +100,19 @@ def _check_structures(
                 ok = False
                 continue
             try:
-                built = [s.atoms for s in bulk_structures(i, entry)]
+                base = bulk_base(entry["bulk"])
             except Exception as exc:  # ASE raises many types for impossible crystals
                 c.add((*path, "bulk"), f"ase.build.bulk cannot build this: {_short(exc)}", key=True)
                 ok = False
                 continue
-            for atoms in built[:1]:
-                _check_cell(c, (*path, "bulk"), f"structures[{i}]", atoms, min_distance)
+            # validation only needs the base cell and the most compressed one; the rattled
+            # copies are checked by the oracle's preflight when they are run
+            squeezed = base.copy()
+            squeezed.set_cell(base.cell * (1.0 + min(strains(entry))), scale_atoms=True)
+            _check_cell(c, (*path, "bulk"), f"structures[{i}]", squeezed, min_distance)
+            built = [base]
+            count = len(strains(entry)) * (1 + (entry.get("rattle") or {}).get("count", 0))
+            total += count
         else:
             file = Path(entry["file"]).expanduser()
             full = file if file.is_absolute() else c.base_dir / file
@@ -102,6 +122,12 @@ def _check_structures(
                 continue
             if full.is_dir():
                 c.add((*path, "file"), f"structure file {entry['file']!r} is a directory")
+                ok = False
+                continue
+            fmt = entry.get("format")
+            if fmt is not None and fmt not in ioformats:
+                hint = did_you_mean(fmt, sorted(ioformats))
+                c.add((*path, "format"), f"{fmt!r} is not an ASE format{hint}")
                 ok = False
                 continue
             try:
@@ -116,6 +142,7 @@ def _check_structures(
                 ok = False
                 continue
             built = []
+            total += len(frames)
             for n, atoms in frames:
                 _check_cell(
                     c, (*path, "file"), f"frame {n} of {entry['file']!r}", atoms, min_distance
@@ -125,6 +152,13 @@ def _check_structures(
             for symbol in set(atoms.get_chemical_symbols()):
                 if i not in elements.setdefault(symbol, []):
                     elements[symbol].append(i)
+    if total > MANY_STRUCTURES:
+        c.add(
+            ("structures",),
+            f"{total} structures to label: is that intended?",
+            key=True,
+            warning=True,
+        )
     return elements if ok else None
 
 
@@ -230,7 +264,8 @@ _DOTTED = re.compile(r"^([a-z]+)\.(.+)$")
 
 
 def _check_ladders(c: _Checker, oracle: dict[str, Any]) -> None:
-    ladders = oracle.get("retry", {}).get("ladders")
+    retry = oracle.get("retry")
+    ladders = retry.get("ladders") if isinstance(retry, dict) else None
     if not isinstance(ladders, dict):
         return
     for cls, steps in ladders.items():
@@ -296,7 +331,9 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
     except YamlLoadError as exc:
         return exc.diagnostics, None
     if raw is None:
-        return [Diagnostic(display, 1, 1, "empty recipe: expected a mapping with 'structures', ...")], None
+        return [
+            Diagnostic(display, 1, 1, "empty recipe: expected a mapping with 'structures', ...")
+        ], None
     if not isinstance(raw, dict):
         kind = "a list" if isinstance(raw, list) else f"a {type(raw).__name__} ({raw!r:.40})"
         line, col = pos.at(())
@@ -359,6 +396,9 @@ def _guard(
         return fn(path)
     except RecursionError as exc:
         return [Diagnostic(str(path), 1, 1, f"recipe too deeply nested ({_short(exc)})")], None
+    except Exception as exc:  # a bug here must not become a traceback for the user
+        message = f"internal error while checking the recipe (please report): {exc!r}"
+        return [Diagnostic(str(path), 1, 1, message)], None
 
 
 def check_recipe(path: Path) -> list[Diagnostic]:
