@@ -116,6 +116,39 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, str], Atoms, dict[str, Any], st
         "walltime",
     ),
 }
+FE_MAG = {
+    "nspin": 2,
+    "starting_magnetization": 0.8,
+    "ecutrho": 120,
+    "occupations": "smearing",
+    "smearing": "mv",
+    "degauss": 0.01,
+}
+SI8 = bulk("Si", "diamond", 5.43, cubic=True)
+SI8.rattle(0.03, seed=1)
+FE2 = bulk("Fe", "bcc", 2.87, cubic=True)
+# SCF trajectories: the ladder's "when" labels are checked on these
+CASES["si8_gamma_erratic"] = (
+    cfg(kspacing=0.2, electrons={"electron_maxstep": 30}),
+    {"Si": "Si.pz-vbc.UPF"},
+    SI8,
+    {},
+    "scf_not_converged",
+)
+CASES["fe2_beta095_oscillating"] = (
+    cfg(system=FE_MAG, electrons={"mixing_beta": 0.95, "electron_maxstep": 10}),
+    {"Fe": "Fe.pz-nd-rrkjus.UPF"},
+    FE2,
+    {},
+    "scf_not_converged",
+)
+CASES["fe2_beta09_decreasing"] = (
+    cfg(system=FE_MAG, electrons={"mixing_beta": 0.9, "electron_maxstep": 12}),
+    {"Fe": "Fe.pz-nd-rrkjus.UPF"},
+    FE2,
+    {},
+    "scf_not_converged",
+)
 # pw.x's own max_seconds stop (a few SCF steps in), not our hard timeout
 CASES["ni2_max_seconds"][0]["input_data"]["control"]["max_seconds"] = 2.0
 _ = {}

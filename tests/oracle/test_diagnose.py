@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from ase.units import Ry
 
-from mlip_autopipec.oracle import FailureClass, diagnose, parse_scf
+from mlip_autopipec.oracle import FailureClass, diagnose, parse_scf, scf_trend
 from mlip_autopipec.oracle.diagnose import parse_version
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "pwx"
@@ -124,3 +124,17 @@ def test_not_converged_history() -> None:
     assert info.n_scf == 3
     assert len(info.scf_history_ev) == 3
     assert info.scf_history_ev[-1] < info.scf_history_ev[0]
+
+
+@pytest.mark.parametrize(
+    ("case", "trend"),
+    [
+        ("fe2_beta09_decreasing", "decreasing"),
+        ("fe2_beta095_oscillating", "oscillating"),
+        ("si8_gamma_erratic", "stagnant"),
+        ("si_maxstep", "none"),
+    ],
+)
+def test_scf_trend_of_stored_trajectories(case: str, trend: str) -> None:
+    info = parse_scf(_read(case, "espresso.pwo"))
+    assert scf_trend(info.scf_history_ev) == trend

@@ -45,13 +45,14 @@ def _run(
     max_attempts: int,
     density: list[bool],
     ladders: Any = DEFAULT_LADDERS,
+    base: dict[str, Any] = BASE,
 ) -> list[Any]:
     """Feed a sequence of diagnoses to the planner; return the plans it made."""
     history: list[Entry] = []
     plans = []
     for i in range(len(classes) + 1):
         plan = plan_next(
-            BASE, ladders, max_attempts, history, density_available=density[i % len(density)]
+            base, ladders, max_attempts, history, density_available=density[i % len(density)]
         )
         if plan is None:
             break
@@ -88,29 +89,47 @@ def test_validate_ladders_reports_problems() -> None:
     assert len(problems) == 5, problems
 
 
+SMEARING_BASE = {
+    **BASE,
+    "system.occupations": "smearing",
+    "system.smearing": "mv",
+    "system.degauss": 0.02,
+}
+
+
 def test_trend_picks_the_step() -> None:
     assert scf_trend(DECREASING) == "decreasing"
     assert scf_trend(OSCILLATING) == "oscillating"
     assert scf_trend((1.0, 0.9, 0.85, 0.8, 0.8, 0.79)) == "stagnant"
+    # fell a decade but the last value is far from the best one: not "still converging"
+    assert scf_trend((1.0, 0.1, 0.01, 0.001, 0.1, 0.08, 0.07, 0.05)) != "decreasing"
     dec = _run(["scf_not_converged"], [DECREASING], 6, [True])
-    osc = _run(["scf_not_converged"], [OSCILLATING], 6, [True])
     assert dec[1].params_diff == {
         "electrons.electron_maxstep": 200,
         "electrons.startingpot": "file",
     }
     assert dec[1].restart == RESTART_CHARGE_DENSITY
+    # erratic with fixed occupations: smearing first
+    osc = _run(["scf_not_converged"], [OSCILLATING], 6, [True])
+    assert osc[1].params["system.occupations"] == "smearing"
+    assert osc[1].restart == RESTART_SCRATCH
+    # erratic with smearing already on: the smearing step changes nothing and is skipped
+    osc = _run(["scf_not_converged"], [OSCILLATING], 6, [True], base=SMEARING_BASE)
     assert osc[1].params_diff == {"electrons.mixing_beta": 0.35, "electrons.startingpot": "file"}
 
 
 def test_steps_accumulate_and_fall_back_to_scratch() -> None:
     plans = _run(["scf_not_converged"] * 5, [OSCILLATING], 6, [True])
-    # 2: beta/2 from density, 3: same settings from scratch, 4: + smearing, 5: local-TF
-    assert plans[1].params["electrons.mixing_beta"] == 0.35
-    assert plans[2].params == plans[1].params and plans[2].restart == RESTART_SCRATCH
-    assert plans[3].params["system.occupations"] == "smearing"
-    assert plans[3].params["electrons.mixing_beta"] == 0.35  # accumulated
+    # 2: smearing, 3: beta/2 from density, 4: same settings from scratch, 5: local-TF
+    assert plans[1].params["system.occupations"] == "smearing"
+    assert plans[2].params["electrons.mixing_beta"] == 0.35
+    assert plans[2].params["system.occupations"] == "smearing"  # accumulated
+    assert plans[2].restart == RESTART_CHARGE_DENSITY
+    assert plans[3].params == plans[2].params and plans[3].restart == RESTART_SCRATCH
     assert plans[4].params["electrons.mixing_mode"] == "local-TF"
     assert plans[4].params["electrons.mixing_beta"] == 0.175
+    assert plans[5].params["electrons.diagonalization"] == "cg"
+    assert len(plans) == 6
 
 
 def test_no_density_turns_restart_into_scratch() -> None:
@@ -196,6 +215,8 @@ def test_ladder_properties(
                         max_size=2,
                     ),
                     "restart": st.sampled_from([RESTART_SCRATCH, RESTART_CHARGE_DENSITY]),
+                    "only_if": st.just({"system.occupations": ["fixed", None]}),
+                    "when": st.sampled_from([["decreasing"], ["oscillating", "stagnant"]]),
                 },
             ),
             max_size=4,
@@ -214,3 +235,10 @@ def test_properties_hold_for_any_user_ladder(
     for i in range(1, len(plans)):
         assert seq[i - 1] not in PERMANENT and seq[i - 1] != FailureClass.CONVERGED
     assert _run(seq, [DECREASING, OSCILLATING], max_attempts, [True, False], ladders) == plans
+
+
+def test_charge_wrong_with_smearing_on_escalates_degauss() -> None:
+    fixed = _run(["charge_wrong"], [()], 6, [True])
+    assert fixed[1].params["system.occupations"] == "smearing"
+    smeared = _run(["charge_wrong"], [()], 6, [True], base=SMEARING_BASE)
+    assert smeared[1].params_diff == {"electrons.mixing_beta": 0.35, "system.degauss": 0.04}

@@ -156,3 +156,15 @@ def test_pseudopotentials_from_different_directories(tmp_path: Path) -> None:
     res = label_serially(oracle, "sic", bulk("SiC", "zincblende", 4.36), tmp_path / "run")
     assert res[-1].ok, res[-1].message
     assert len(res) == 1
+
+
+def test_gap_closed_by_rattling_rescued_by_smearing(tmp_path: Path) -> None:
+    """8-atom Si at Gamma, rattled: levels cross the Fermi level, fixed occupations slosh."""
+    si8 = bulk("Si", "diamond", 5.43, cubic=True)
+    si8.rattle(0.03, seed=1)
+    cfg = oracle_cfg(kspacing=0.2, electrons={"electron_maxstep": 30})
+    res = label_serially(EspressoOracle(cfg, SI_PP), "si8", si8, tmp_path)
+    assert [r.failure_class for r in res] == ["scf_not_converged", "converged"]
+    assert res[1].step is not None and res[1].step["trend"] in ("oscillating", "stagnant")
+    assert res[1].params_diff["system.occupations"] == "smearing"
+    assert res[1].kgrid == (1, 1, 1)
