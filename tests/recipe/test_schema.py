@@ -64,6 +64,7 @@ def test_objects_refuse_unknown_keys() -> None:
         "pseudopotentials",
         "set",
         "scale",
+        "only_if",
     )
     for path, sub in _subschemas(load_schema()):
         if sub.get("type") == "object" and not path.endswith(passthrough):

@@ -274,7 +274,14 @@ def _check_ladders(c: _Checker, oracle: dict[str, Any]) -> None:
         for k, step in enumerate(steps):
             if not isinstance(step, dict):
                 continue
-            for verb in ("set", "scale"):
+            match = step.get("match")
+            if isinstance(match, str):
+                try:
+                    re.compile(match)
+                except re.error as exc:
+                    path = ("oracle", "retry", "ladders", cls, k, "match")
+                    c.add(path, f"not a regular expression: {exc}")
+            for verb in ("set", "scale", "only_if"):
                 changes = step.get(verb)
                 if not isinstance(changes, dict):
                     continue
