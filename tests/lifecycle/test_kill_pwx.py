@@ -1,9 +1,9 @@
 """SIGKILL a real pw.x labelling run at random moments; the rerun must give the same labels.
 
-The run is a subprocess (tests/lifecycle/pwx_driver.py) labelling a few dozen small Si cells
-with 2 workers. It is killed (SIGKILL: no cleanup at all) when a random number of labels
-has been committed, plus a random delay, several times; then run to completion and
-compared with an uninterrupted run of the same cells.
+The run is the real command, ``python -m mlip_autopipec run RECIPE --stage label
+--workers 2``, labelling a few dozen small Si cells. It is killed (SIGKILL: no cleanup at
+all) when a random number of labels has been committed, plus a random delay, several
+times; then the same command runs to completion and is compared with an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,9 +23,25 @@ import pytest
 
 from mlip_autopipec.lifecycle.store import DB_NAME
 
-DRIVER = Path(__file__).with_name("pwx_driver.py")
 PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
-N = 30
+
+#: Cheap but real: 2-atom Si, LDA norm-conserving, 12 Ry, 1 k-point (~0.15 s per pw.x).
+RECIPE = """\
+name: si-kill
+structures:
+  - bulk: {element: Si, crystal: diamond, a: 5.43}
+    strain: {min: -0.02, max: 0.02, count: 5}
+    rattle: {stdev: 0.05, count: 4, seed: 3}
+oracle:
+  pseudopotentials: {Si: Si.pz-vbc.UPF}
+  pseudo_dir: /usr/share/espresso/pseudo
+  kspacing: 0.5
+  input_data:
+    system: {ecutwfc: 12}
+    electrons: {conv_thr: 1.0e-9}
+trainer:
+  cutoff: 5.0
+"""
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,8 +52,22 @@ pytestmark = [
 
 
 def _start(run_dir: Path) -> subprocess.Popen[str]:
+    recipe = run_dir.parent / "si-kill.yaml"
+    recipe.write_text(RECIPE)
     return subprocess.Popen(
-        [sys.executable, str(DRIVER), str(run_dir), str(N), "2"],
+        [
+            sys.executable,
+            "-m",
+            "mlip_autopipec",
+            "run",
+            str(recipe),
+            "--run-dir",
+            str(run_dir),
+            "--stage",
+            "label",
+            "--workers",
+            "2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -61,11 +91,17 @@ def _labels(run_dir: Path) -> dict[int, tuple[float, float]]:
         conn.close()
 
 
-def _finish(run_dir: Path) -> dict:
+def _finish(run_dir: Path) -> dict[str, int]:
     proc = _start(run_dir)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    return json.loads(out.strip().splitlines()[-1])
+    status = subprocess.run(
+        [sys.executable, "-m", "mlip_autopipec", "status", str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(status.stdout)["counts"]
 
 
 def test_sigkill_at_random_moments_loses_and_redoes_nothing(tmp_path):
@@ -73,15 +109,18 @@ def test_sigkill_at_random_moments_loses_and_redoes_nothing(tmp_path):
     rng = random.Random(seed)
     print(f"kill-test seed {seed}")
 
-    reference = _finish(tmp_path / "reference")
-    assert reference["counts"]["labelled"] == N
-    ref = _labels(tmp_path / "reference")
+    (tmp_path / "reference").mkdir()
+    reference = _finish(tmp_path / "reference" / "run")
+    ref = _labels(tmp_path / "reference" / "run")
+    n = reference["labelled"]
+    assert n >= 20 and reference["failed"] == 0
 
-    run_dir = tmp_path / "killed"
+    (tmp_path / "killed").mkdir()
+    run_dir = tmp_path / "killed" / "run"
     committed: dict[int, tuple[float, float]] = {}
     kills_mid_run = 0
     for _ in range(3):
-        target = min(N - 2, len(committed) + rng.randint(1, 6))
+        target = min(n - 2, len(committed) + rng.randint(1, 6))
         proc = _start(run_dir)
         deadline = time.monotonic() + 60
         while proc.poll() is None and len(_labels(run_dir)) < target:
@@ -97,10 +136,10 @@ def test_sigkill_at_random_moments_loses_and_redoes_nothing(tmp_path):
         assert {k: now[k] for k in committed} == committed
         committed = now
     assert kills_mid_run >= 1
-    assert len(committed) < N
+    assert len(committed) < n
 
     final = _finish(run_dir)
-    assert final["counts"] == reference["counts"]
+    assert final == reference
     labels = _labels(run_dir)
     assert {k: labels[k] for k in committed} == committed  # never recomputed
     assert labels.keys() == ref.keys()

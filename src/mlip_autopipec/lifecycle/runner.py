@@ -306,7 +306,6 @@ class _Runner:
             self._tick()
         if self.stop:
             self.shutdown()
-        self._tick(force=True)
         if self.progress is not None:
             self.progress.finish(self.counts, self.attempts)
         return dict(self.counts)
