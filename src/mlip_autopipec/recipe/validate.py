@@ -279,8 +279,8 @@ def _check_ladders(c: _Checker, oracle: dict[str, Any]) -> None:
                 try:
                     re.compile(match)
                 except re.error as exc:
-                    path = ("oracle", "retry", "ladders", cls, k, "match")
-                    c.add(path, f"not a regular expression: {exc}")
+                    where: Path_ = ("oracle", "retry", "ladders", cls, k, "match")
+                    c.add(where, f"not a regular expression: {exc}")
             for verb in ("set", "scale", "only_if"):
                 changes = step.get(verb)
                 if not isinstance(changes, dict):
