@@ -137,3 +137,11 @@ def test_fresh_refuses_to_move_a_live_run(tmp_path):
     with RunLock(run_dir), pytest.raises(RunLockedError):
         prepare_run_dir(run_dir, _recipe(tmp_path, BASE), fresh=True)
     assert (run_dir / RECIPE_DATA).exists()
+
+
+def test_second_runner_does_not_touch_the_recipe_record_of_a_live_run(tmp_path):
+    run_dir = tmp_path / "run"
+    prepare_run_dir(run_dir, _recipe(tmp_path, BASE, "v1\n"))
+    with RunLock(run_dir), pytest.raises(RunLockedError, match="locked by PID"):
+        prepare_run_dir(run_dir, _recipe(tmp_path, _changed(execution__workers=1), "v2\n"))
+    assert (run_dir / RECIPE_COPY).read_text() == "v1\n"

@@ -99,7 +99,6 @@ def prepare_run_dir(run_dir: Path, recipe: RecipeLike, *, fresh: bool = False) -
     """
     run_dir = Path(run_dir)
     moved: Path | None = None
-    data_path = run_dir / RECIPE_DATA
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a directory")
     if fresh and run_dir.exists() and any(run_dir.iterdir()):
@@ -107,7 +106,17 @@ def prepare_run_dir(run_dir: Path, recipe: RecipeLike, *, fresh: bool = False) -
         with RunLock(run_dir):
             pass
         moved = _move_aside(run_dir)
-    elif data_path.is_file():
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Held while comparing and writing, so that a second runner (refused by the lock anyway)
+    # cannot overwrite the recipe record of a live run first.
+    with RunLock(run_dir):
+        _check_and_record(run_dir, recipe)
+    return moved
+
+
+def _check_and_record(run_dir: Path, recipe: RecipeLike) -> None:
+    data_path = run_dir / RECIPE_DATA
+    if data_path.is_file():
         try:
             old = json.loads(data_path.read_text())
         except ValueError as exc:
@@ -125,9 +134,7 @@ def prepare_run_dir(run_dir: Path, recipe: RecipeLike, *, fresh: bool = False) -
             f"{run_dir}: has a run database but no {RECIPE_DATA}; cannot check the recipe. "
             "Use --fresh or another --run-dir."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(recipe.path, run_dir / RECIPE_COPY)
     tmp = data_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(recipe.data, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(data_path)
-    return moved
