@@ -338,6 +338,13 @@ def schema_reference() -> str:
         "",
         root.get("description", ""),
         "",
+        "`autopipec validate RECIPE` checks a recipe against this schema and then:",
+        "",
+        *(f"- {line}" for line in _SEMANTIC_CHECKS),
+        "",
+        "Every problem is printed as `file:line:column: error: message`; warnings do not stop",
+        "a run.",
+        "",
     ]
     for key, sub in root["properties"].items():
         sub = _resolve(sub, root)
@@ -356,6 +363,20 @@ def schema_reference() -> str:
             lines += ["### Retry step", "", step["description"], ""]
             lines += _table(list(_rows(step, root, "step")))
     return "\n".join(lines).rstrip() + "\n"
+
+
+_SEMANTIC_CHECKS = (
+    "every structure file exists, is read by ASE (with `index` applied) and has a 3D cell;",
+    "every `bulk` entry is built by `ase.build.bulk`; `strain.min` <= `strain.max`;",
+    "every element of the structures has a pseudopotential that exists, is readable, and is "
+    "for that element (a `.UPF.gz` is fine); a cutoff below the file's suggestion is a warning;",
+    "`trainer.elements`, if given, equals the elements of the structures;",
+    "keys under `oracle.input_data` and in retry steps are pw.x keys of that namelist "
+    "(ASE's list), with a suggestion for typos; keys autopipec sets itself are refused;",
+    "`ecutrho` > `ecutwfc` (a warning below 4 × `ecutwfc`); retry `match` is a regular expression;",
+    "atoms closer than `oracle.min_distance` are a warning (those structures are quarantined);",
+    "a `oracle.command` not on PATH is a warning.",
+)
 
 
 def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:

@@ -376,7 +376,7 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
     _resolve_paths(data, base_dir)
     recipe = Recipe(
         name=data.get("name") or _default_name(Path(path)),
-        path=Path(path).resolve(),
+        path=Path(path).absolute(),
         base_dir=base_dir.resolve(),
         data=data,
     )
