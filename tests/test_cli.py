@@ -1,0 +1,187 @@
+"""The CLI's exit codes, end to end, with the real pw.x where a run is involved.
+
+0 done, 1 finished with failures, 2 bad recipe/arguments/locked, 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ase.build import bulk
+from ase.io import write
+
+from mlip_autopipec.cli import main
+from mlip_autopipec.lifecycle.lock import RunLock
+
+needs_pwx = pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed")
+
+COMMANDS = ["validate", "schema", "run", "status", "report", "export"]
+
+# Cheap but real: LDA norm-conserving Si at 12 Ry, a 2x2x2 grid; a fraction of a second each.
+SMALL_RECIPE = """\
+name: cli-small
+structures:
+  - bulk: {{element: Si, crystal: diamond, a: 5.43}}
+    strain: {{min: -0.02, max: 0.02, count: {count}}}
+oracle:
+  pseudopotentials: {{Si: Si.pz-vbc.UPF}}
+  kspacing: 0.4
+  input_data:
+    system: {{ecutwfc: 12}}
+execution:
+  workers: 1
+"""
+
+
+def _recipe(tmp_path: Path, count: int = 3, extra: str = "") -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL_RECIPE.format(count=count) + extra)
+    return path
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlip_autopipec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: autopipec " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["run"], ["status"], ["export", "x", "--format", "csv"]],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_zero_workers_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(_recipe(tmp_path)), "--workers", "0"])
+    assert exc.value.code == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_run_with_a_bad_recipe_exits_2_with_located_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMALL_RECIPE.format(count=2).replace("kspacing: 0.4", "kspacing: fast"))
+    assert main(["run", str(bad), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:7:13: error:" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_status_of_a_missing_run_dir_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+
+
+@needs_pwx
+def test_locked_run_directory_exits_2(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    run_dir = tmp_path / "run"
+    assert _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label",
+                cwd=tmp_path).returncode == 0
+    with RunLock(run_dir):
+        proc = _cli("run", str(recipe), "--run-dir", str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"locked by PID {os.getpid()}" in proc.stderr
+
+
+@needs_pwx
+def test_quarantined_structure_gives_exit_1_and_keeps_the_rest(tmp_path: Path) -> None:
+    good = bulk("Si", "diamond", a=5.43)
+    overlapping = good.copy()
+    overlapping.positions[1] = overlapping.positions[0] + [0.2, 0.0, 0.0]
+    write(tmp_path / "frames.extxyz", [good, overlapping])
+    recipe = tmp_path / "mixed.yaml"
+    recipe.write_text(
+        SMALL_RECIPE.format(count=2).replace(
+            "structures:\n", "structures:\n  - file: frames.extxyz\n"
+        )
+    )
+    run_dir = tmp_path / "run"
+    proc = _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    status = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    failed = [s for s in status["structures"] if s["state"] == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["failure"].startswith("overlapping_atoms: atoms 0 (Si) and 1 (Si) are 0.200")
+    assert failed[0]["attempts"] == 0  # preflight: pw.x never ran on it
+    assert status["counts"]["labelled"] == 3
+
+
+def _wait_for_labels(run_dir: Path, n: int, proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        if (run_dir / "autopipec.sqlite").is_file():
+            status = _cli("status", str(run_dir), "--json", cwd=run_dir.parent)
+            if status.returncode == 0 and json.loads(status.stdout)["counts"]["labelled"] >= n:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} labels within {timeout} s")
+
+
+@needs_pwx
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_exits_128_plus_signal_and_resumes(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    recipe = _recipe(tmp_path, count=8)
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "mlip_autopipec", "run", str(recipe), "--run-dir",
+            str(run_dir), "--stage", "label"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for_labels(run_dir, 2, proc, timeout=120)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    interrupted = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert interrupted["counts"]["running"] == 0 and interrupted["counts"]["scf_retry"] == 0
+    done_before = {s["id"]: s["energy_ev"] for s in interrupted["structures"]
+                   if s["state"] == "labelled"}
+    assert 2 <= len(done_before) < 9
+
+    resumed = _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label",
+                   cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert final["counts"]["labelled"] == len(final["structures"]) == 9  # base cell + 8 strains
+    energies = {s["id"]: s["energy_ev"] for s in final["structures"]}
+    # finished labels were kept as they were, not recomputed (one attempt each)
+    for sid, energy in done_before.items():
+        assert energies[sid] == energy
+    assert all(s["attempts"] == 1 for s in final["structures"] if s["id"] in done_before)
