@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from mlip_autopipec import process
 from mlip_autopipec.errors import Interrupted, OracleError
@@ -309,3 +312,93 @@ def test_default_workers():
     assert default_workers("pw.x", cpus=8) == 8
     assert default_workers("mpirun -np 4 pw.x", cpus=8) == 2
     assert default_workers("mpirun -np 16 pw.x", cpus=8) == 1
+
+
+def _expected_classes(script: list[str], max_attempts: int = 4) -> list[str]:
+    """The attempt classes a script leads to: stop at converged, permanent, or the cap."""
+    out: list[str] = []
+    for n in range(max_attempts):
+        outcome = script[n] if n < len(script) else script[-1]
+        out.append(outcome)
+        if outcome == "converged" or outcome in PERMANENT:
+            break
+    return out
+
+
+class RunnerStateMachine(RuleBasedStateMachine):
+    """Structures appended, runs killed at random submissions, resumed, trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="runner-"))
+        self.scripts: dict[int, list[str]] = {}
+        self.ever_labelled: set[int] = set()
+        self.attempts: dict[int, int] = {}
+        self.energies: dict[int, float] = {}
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @rule(i=st.integers(0, 40), script=st.sampled_from(sorted(SCRIPTS)))
+    def add(self, i: int, script: str) -> None:
+        with Store.open(self.tmp) as store:
+            sid = store.add_structure(scripted_atoms(i, SCRIPTS[script]), f"s{i}")
+        self.scripts.setdefault(sid, SCRIPTS[script])
+
+    @rule(kill_at=st.one_of(st.none(), st.integers(1, 8)))
+    def run(self, kill_at: int | None) -> None:
+        try:
+            _run(self.tmp, InlineExecutor(kill_at=kill_at))
+        except Killed:
+            return
+        rows, _, classes = _snapshot(self.tmp)
+        # a run that was not killed leaves every structure labelled/failed (or trained)
+        for sid, (state, _, _) in rows.items():
+            assert state in ("labelled", "failed", "trained")
+            assert classes[sid] == _expected_classes(self.scripts[sid])
+
+    @rule()
+    def train(self) -> None:
+        with Store.open(self.tmp) as store:
+            ids = store.ids_in_state("labelled", "trained")
+            if ids:
+                pid = store.record_potential(
+                    path="p.yace",
+                    metrics={},
+                    baseline={},
+                    pacemaker_version="x",
+                    train_ids=ids,
+                    test_ids=[],
+                )
+                store.mark_trained(ids, pid)
+
+    @invariant()
+    def bookkeeping_holds(self) -> None:
+        rows, energies, classes = _snapshot(self.tmp) if self.scripts else ({}, {}, {})
+        assert len(rows) == len(self.scripts)
+        with Store.open(self.tmp) as store:
+            counts = store.counts()
+        assert sum(counts.values()) == len(rows)
+        for sid, (state, n_attempts, _) in rows.items():
+            # attempts monotone; the recorded ones are a prefix of the scripted sequence
+            assert n_attempts >= self.attempts.get(sid, 0)
+            self.attempts[sid] = n_attempts
+            assert classes[sid] == _expected_classes(self.scripts[sid])[:n_attempts]
+            # labelled: has a label, never goes back, label never recomputed
+            if state in ("labelled", "trained"):
+                self.ever_labelled.add(sid)
+            if sid in self.ever_labelled:
+                assert state in ("labelled", "trained")
+                assert energies[sid] == self.energies.setdefault(sid, energies[sid])
+            # a permanent failure is the last attempt and the structure is failed
+            if any(c in PERMANENT for c in classes[sid]):
+                assert classes[sid][-1] in PERMANENT and state == "failed"
+
+
+RunnerStateMachine.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_runner_state_machine = RunnerStateMachine.TestCase
