@@ -68,9 +68,10 @@ class EspressoOracle:
             raise OracleError("oracle.command is empty")
         retry = self.cfg.get("retry") or {}
         self.max_attempts = int(retry.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
-        ladders = retry.get("ladders")
+        # The recipe's ladders replace the built-in ladder class by class; a class the
+        # recipe does not name keeps its default (an empty recipe section = all defaults).
         self.ladders: dict[str, list[dict[str, Any]]] = copy.deepcopy(
-            dict(DEFAULT_LADDERS if ladders is None else ladders)
+            {**DEFAULT_LADDERS, **dict(retry.get("ladders") or {})}
         )
         problems = validate_ladders(self.ladders)
         if problems:
