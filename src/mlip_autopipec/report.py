@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from mlip_autopipec.errors import AutopipecError, UsageError
 from mlip_autopipec.lifecycle.machine import STATES
@@ -52,6 +53,14 @@ FIGURES: dict[str, str] = {
 
 _SPLITS = ("train", "test")
 _COLORS = {"train": "#1f77b4", "test": "#d62728"}
+_STATE_COLORS = {
+    "pending": "#9e9e9e",
+    "running": "#ffb300",
+    "scf_retry": "#ff7f0e",
+    "labelled": "#1f77b4",
+    "failed": "#d62728",
+    "trained": "#2ca02c",
+}
 
 
 @dataclass(frozen=True)
@@ -331,22 +340,27 @@ def _parity_axes(ax: Any, parity: dict[str, Any], x_key: str, y_key: str, unit: 
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal", adjustable="box")
-    ax.legend(loc="upper left", fontsize=9)
+    # Below the axes: inside, it would hide the points that matter most (far off the line).
+    ax.figure.legend(loc="outside lower center", fontsize=9)
     ax.grid(alpha=0.3)
 
 
 def _fig_energy_parity(data: dict[str, Any]) -> bytes:
-    fig = _new_figure(5.5, 5.5)
+    fig = _new_figure(5.5, 6.2)
     ax = fig.add_subplot()
     _parity_axes(ax, data["parity"], "energy_dft_ev_per_atom", "energy_ace_ev_per_atom", "eV/atom")
     ax.set_xlabel("DFT energy (eV/atom)")
     ax.set_ylabel("ACE energy (eV/atom)")
     ax.ticklabel_format(useOffset=False)
+    # Absolute energies (-138.7...) are long labels: fewer, slanted ticks stay readable.
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    ax.tick_params(axis="x", labelrotation=30)
     return _png_bytes(fig)
 
 
 def _fig_force_parity(data: dict[str, Any]) -> bytes:
-    fig = _new_figure(5.5, 5.5)
+    fig = _new_figure(5.5, 6.2)
     ax = fig.add_subplot()
     _parity_axes(ax, data["parity"], "forces_dft_ev_per_ang", "forces_ace_ev_per_ang", "eV/Å")
     ax.set_xlabel("DFT force component (eV/Å)")
@@ -357,19 +371,26 @@ def _fig_force_parity(data: dict[str, Any]) -> bytes:
 def _fig_error_histograms(data: dict[str, Any]) -> bytes:
     fig = _new_figure(10, 4)
     ax_e, ax_f = fig.subplots(1, 2)
+    errors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in _SPLITS:
         p = data["parity"].get(split)
-        if p is None:
-            continue
-        de = 1e3 * (
-            np.asarray(p["energy_ace_ev_per_atom"]) - np.asarray(p["energy_dft_ev_per_atom"])
-        )
-        dfc = 1e3 * (
-            np.asarray(p["forces_ace_ev_per_ang"]) - np.asarray(p["forces_dft_ev_per_ang"])
-        )
-        kw = {"alpha": 0.6, "color": _COLORS[split]}
-        ax_e.hist(de, bins=max(5, min(40, de.size)), label=f"{split} (n={de.size})", **kw)
-        ax_f.hist(dfc, bins=max(5, min(60, dfc.size // 2)), label=f"{split} (n={dfc.size})", **kw)
+        if p is not None:
+            errors[split] = (
+                1e3 * (np.asarray(p["energy_ace_ev_per_atom"]) - p["energy_dft_ev_per_atom"]),
+                1e3 * (np.asarray(p["forces_ace_ev_per_ang"]) - p["forces_dft_ev_per_ang"]),
+            )
+    for ax, k, max_bins in ((ax_e, 0, 40), (ax_f, 1, 60)):
+        every = np.concatenate([e[k] for e in errors.values()])
+        # One set of bin edges for train and test, so the two histograms are comparable.
+        n_bins = max(5, min(max_bins, every.size // 2))
+        lo, hi = float(every.min()), float(every.max())
+        if hi - lo < 1e-9:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, n_bins + 1)
+        for split, e in errors.items():
+            ax.hist(
+                e[k], bins=edges, alpha=0.6, color=_COLORS[split], label=f"{split} (n={e[k].size})"
+            )
     ax_e.set_xlabel("ACE − DFT energy (meV/atom)")
     ax_f.set_xlabel("ACE − DFT force component (meV/Å)")
     for ax in (ax_e, ax_f):
@@ -382,8 +403,7 @@ def _fig_error_histograms(data: dict[str, Any]) -> bytes:
 
 def _fig_attempts(data: dict[str, Any]) -> bytes:
     rows = data["structures"]
-    n_max = max(r["attempts"] for r in rows)
-    xs = np.arange(0, n_max + 1)
+    xs = np.arange(min(r["attempts"] for r in rows), max(r["attempts"] for r in rows) + 1)
     fig = _new_figure(7, 4)
     ax = fig.add_subplot()
     bottom = np.zeros(xs.size)
@@ -394,9 +414,10 @@ def _fig_attempts(data: dict[str, Any]) -> bytes:
         )
         if counts.sum() == 0:
             continue
-        ax.bar(xs, counts, bottom=bottom, label=state, width=0.7)
+        ax.bar(xs, counts, bottom=bottom, label=state, width=0.7, color=_STATE_COLORS.get(state))
         bottom += counts
     ax.set_xticks(xs)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("pw.x attempts")
     ax.set_ylabel("structures")
     ax.legend(title="state", fontsize=9)
@@ -410,6 +431,7 @@ def _barh(ax: Any, counts: dict[str, int], color: str) -> None:
     ax.barh(ys, list(counts.values()), color=color)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("structures")
     ax.grid(alpha=0.3, axis="x")
 
