@@ -138,3 +138,11 @@ def test_not_converged_history() -> None:
 def test_scf_trend_of_stored_trajectories(case: str, trend: str) -> None:
     info = parse_scf(_read(case, "espresso.pwo"))
     assert scf_trend(info.scf_history_ev) == trend
+
+
+def test_unprintable_accuracy_is_skipped() -> None:
+    pwo = _read("si_maxstep", "espresso.pwo")
+    first = next(ln for ln in pwo.splitlines() if "estimated scf accuracy" in ln)
+    broken = pwo.replace(first, "     estimated scf accuracy    <   **********  Ry", 1)
+    info = parse_scf(broken)
+    assert info.n_scf == 3 and len(info.scf_history_ev) == 2

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ase.build import bulk
 from oracle_testlib import FAKES, oracle_cfg
 
+from mlip_autopipec.errors import OracleError
 from mlip_autopipec.oracle import (
     AttemptResult,
     EspressoOracle,
@@ -95,3 +97,36 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
     assert back.kgrid == (2, 2, 2)
     assert back.scf_history_ev == res.scf_history_ev
     assert back.scf_accuracy == res.scf_accuracy_ev
+
+
+def test_request_is_picklable(tmp_path: Path) -> None:
+    import pickle
+
+    oracle = _oracle(tmp_path, "pw_garbage.py")
+    req = oracle.next_request("si", bulk("Si", "diamond", 5.43), [], tmp_path / "si")
+    assert req is not None
+    back = pickle.loads(pickle.dumps(req))
+    assert back.argv == req.argv and back.attempt_dir == req.attempt_dir
+    assert back.atoms == req.atoms and back.input_data == req.input_data
+
+
+def test_recipe_ladders_replace_per_class(tmp_path: Path) -> None:
+    pp = tmp_path / "Si.UPF"
+    pp.write_text("x")
+    mine = [{"set": {"electrons.mixing_beta": 0.1}, "note": "mine"}]
+    cfg = oracle_cfg(
+        retry={"max_attempts": 3, "ladders": {"scf_not_converged": mine, "crashed": []}}
+    )
+    oracle = EspressoOracle(cfg, {"Si": pp})
+    assert oracle.ladders["scf_not_converged"] == mine
+    assert oracle.ladders["crashed"] == []
+    assert (
+        oracle.ladders["charge_wrong"]
+        == EspressoOracle(oracle_cfg(), {"Si": pp}).ladders["charge_wrong"]
+    )
+    assert oracle.max_attempts == 3
+    # defaults filled in by the recipe loader: an empty ladders mapping keeps every default
+    empty = EspressoOracle(oracle_cfg(retry={"max_attempts": 6, "ladders": {}}), {"Si": pp})
+    assert set(empty.ladders) == set(oracle.ladders)
+    with pytest.raises(OracleError, match="overlapping_atoms"):
+        EspressoOracle(oracle_cfg(retry={"ladders": {"overlapping_atoms": [{}]}}), {"Si": pp})

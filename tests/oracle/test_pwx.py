@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,32 @@ def test_gap_closed_by_rattling_rescued_by_smearing(tmp_path: Path) -> None:
     assert res[1].step is not None and res[1].step["trend"] in ("oscillating", "stagnant")
     assert res[1].params_diff["system.occupations"] == "smearing"
     assert res[1].kgrid == (1, 1, 1)
+
+
+def test_walltime_continues_from_the_saved_density(tmp_path: Path) -> None:
+    """pw.x's max_seconds stop writes the density; the next attempt starts from it."""
+    cfg = oracle_cfg(
+        system={
+            "nspin": 2,
+            "starting_magnetization": 0.8,
+            "ecutrho": 120,
+            "occupations": "smearing",
+            "smearing": "mv",
+            "degauss": 0.01,
+        },
+        electrons={"mixing_beta": 0.3},
+        retry={"max_attempts": 2},
+    )
+    cfg["input_data"]["control"]["max_seconds"] = 1.0
+    oracle = EspressoOracle(cfg, {"Fe": PSEUDO / "Fe.pz-nd-rrkjus.UPF"})
+    res = label_serially(oracle, "fe", bulk("Fe", "bcc", 2.87, cubic=True), tmp_path)
+    assert res[0].failure_class == FailureClass.WALLTIME
+    assert res[0].message == "Maximum CPU time exceeded"
+    assert (tmp_path / "attempt-01" / "pwscf.save" / "charge-density.dat").is_file()
+    assert len(res) == 2 and res[1].restart == "charge_density"
+    assert res[1].step is not None and res[1].step["ladder"] == "walltime"
+    pwi = (tmp_path / "attempt-02" / "espresso.pwi").read_text()
+    assert re.search(r"startingpot\s*=\s*'file'", pwi)
+    if res[0].n_scf >= 3:
+        # the saved density is much better than the superposition of atoms
+        assert res[1].scf_history_ev[0] < res[0].scf_history_ev[0] / 10

@@ -10,8 +10,8 @@ Precedence (first match wins), so that every attempt gets exactly one class:
 
 1. an ``Error in routine`` block (in ``.pwo``, else in ``CRASH``): permanent classes,
    then charge/diagonalisation/memory/input/walltime messages, else ``crashed``;
-2. our own timeout killed the process -> ``walltime``;
-3. ``Maximum CPU time exceeded`` (pw.x's ``max_seconds``) -> ``walltime``;
+2. ``Maximum CPU time exceeded`` (pw.x's ``max_seconds``) -> ``walltime``;
+3. our own timeout killed the process -> ``walltime``;
 4. ``convergence NOT achieved`` -> ``scf_not_converged``;
 5. ``convergence has been achieved`` with a zero exit code -> ``converged``;
 6. memory messages or death by SIGKILL without a message -> ``out_of_memory``;
@@ -185,12 +185,13 @@ class ScfInfo:
         return self.scf_history_ev[-1] if self.scf_history_ev else None
 
 
-def _float(text: str) -> float:
+def _float(text: str) -> float | None:
     try:
-        return float(text.replace("D", "E").replace("d", "e"))
+        value = float(text.replace("D", "E").replace("d", "e"))
     except ValueError:
-        # pw.x prints '*****' when the number does not fit the format.
-        return math.inf
+        # pw.x prints '*****' when the number does not fit the format
+        return None
+    return value if math.isfinite(value) else None
 
 
 def parse_scf(pwo_text: str) -> ScfInfo:
@@ -202,12 +203,15 @@ def parse_scf(pwo_text: str) -> ScfInfo:
     end = FINAL_ENERGY_RE.search(pwo_text)
     body = pwo_text[: end.start()] if end else pwo_text
     iterations = [int(m.group(1)) for m in SCF_ITERATION_RE.finditer(body)]
-    history = tuple(_float(m.group(1)) * Ry for m in SCF_ACCURACY_RE.finditer(body))
+    matches = list(SCF_ACCURACY_RE.finditer(body))
     if end is not None:
         # the converged accuracy is printed in the ``!`` block only
         tail = SCF_ACCURACY_RE.search(pwo_text, end.start())
         if tail is not None:
-            history = (*history, _float(tail.group(1)) * Ry)
+            matches.append(tail)
+    # unprintable values ('*****') are left out: the history stays JSON-safe and finite
+    values = (_float(m.group(1)) for m in matches)
+    history = tuple(v * Ry for v in values if v is not None)
     return ScfInfo(n_scf=max(iterations, default=0), scf_history_ev=history)
 
 
@@ -289,11 +293,11 @@ def diagnose(
                 header = f"Error in routine {routine} ({number}):"
             return Diagnosis(_classify_error(routine, msg), f"{header} {msg}".strip())
 
-    if timed_out:
-        return Diagnosis(FailureClass.WALLTIME, "killed by the oracle timeout (no pw.x message)")
     m = MAX_CPU_TIME_RE.search(pwo_text)
     if m:
         return Diagnosis(FailureClass.WALLTIME, m.group(0).strip())
+    if timed_out:
+        return Diagnosis(FailureClass.WALLTIME, "killed by the oracle timeout (no pw.x message)")
     m = NOT_CONVERGED_RE.search(pwo_text)
     if m:
         return Diagnosis(FailureClass.SCF_NOT_CONVERGED, m.group(0).strip())
