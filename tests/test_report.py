@@ -9,6 +9,7 @@ its own copy of the run directory.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -135,8 +136,13 @@ def _embedded_pngs(index: Path) -> list[bytes]:
     ]
 
 
+def _strict(token: str) -> None:
+    raise AssertionError(f"report.json is not strict JSON: {token}")
+
+
 def _load_report(run_dir: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((run_dir / "report" / "report.json").read_text())
+    text = (run_dir / "report" / "report.json").read_text()
+    data: dict[str, Any] = json.loads(text, parse_constant=_strict)
     return data
 
 
@@ -260,6 +266,25 @@ def test_labels_only_run_still_reports(labels_only_run: Path, tmp_path: Path, ca
     drawn = sorted(n for n, f in data["figures"].items() if f["file"])
     assert drawn == ["attempts.png", "rescues.png"]
     assert len(_embedded_pngs(run_dir / "report" / "index.html")) == len(drawn)
+
+
+@needs_pwx
+@needs_pacemaker
+@pytest.mark.pwx
+@pytest.mark.pacemaker
+def test_fit_without_prediction_tables_still_reports(tiny_run: Path, tmp_path: Path) -> None:
+    """A potential whose fit folder lost pacemaker's predictions: parity figures explain why."""
+    run_dir = _copy(tiny_run, tmp_path)
+    fit = load_fit(run_dir)
+    for name in ("train_pred.pckl.gzip", "test_pred.pckl.gzip"):
+        (fit.workdir / name).unlink()
+    write_report(run_dir)
+    data = _load_report(run_dir)
+    assert data["potential"] is not None and data["parity"] == {}
+    reason = data["figures"]["energy_parity.png"]["reason"]
+    assert "no pacemaker prediction tables" in reason and str(fit.workdir) in reason
+    assert data["figures"]["quarantine.png"]["file"] == "quarantine.png"
+    assert html.escape(reason) in (run_dir / "report" / "index.html").read_text()
 
 
 def test_missing_or_non_run_directory_exits_2(tmp_path: Path, capsys) -> None:

@@ -98,6 +98,17 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _json_clean(value: Any) -> Any:
+    """``value`` with NaN/inf replaced by None: strict JSON for any reader (jq, browsers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    return value
+
+
 def _split_failure(failure: str | None) -> tuple[str | None, str | None]:
     # The store renders quarantine reasons as "class: message"; class names have no colon.
     if not failure:
@@ -711,7 +722,8 @@ def write_report(run_dir: Path | str) -> Path:
         f.name: {"title": f.title, "file": f.name if f.png else None, "reason": f.reason}
         for f in figures
     }
-    _write_atomic(out / REPORT_JSON, (json.dumps(data, indent=1) + "\n").encode())
+    text = json.dumps(_json_clean(data), indent=1, allow_nan=False)
+    _write_atomic(out / REPORT_JSON, (text + "\n").encode())
     index = out / INDEX_HTML
     _write_atomic(index, render_html(data, figures).encode("utf-8"))
     return index
