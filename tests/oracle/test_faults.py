@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -130,3 +131,20 @@ def test_recipe_ladders_replace_per_class(tmp_path: Path) -> None:
     assert set(empty.ladders) == set(oracle.ladders)
     with pytest.raises(OracleError, match="overlapping_atoms"):
         EspressoOracle(oracle_cfg(retry={"ladders": {"overlapping_atoms": [{}]}}), {"Si": pp})
+
+
+def test_write_attempt_input_without_running(tmp_path: Path) -> None:
+    from mlip_autopipec.oracle import write_attempt_input
+
+    oracle = _oracle(tmp_path, "pw_hang.py")
+    req = oracle.next_request("si", bulk("Si", "diamond", 5.43), [], tmp_path / "si")
+    assert req is not None
+    pwi = write_attempt_input(req)
+    text = pwi.read_text()
+    assert pwi == tmp_path / "si" / "attempt-01" / "espresso.pwi"
+    assert "K_POINTS automatic" in text and "2 2 2  0 0 0" in text
+    assert "Si.fake.UPF" in text
+    assert not (pwi.parent / "espresso.pwo").exists()  # nothing ran
+    bad = dataclasses.replace(req, attempt_dir=pwi / "below-a-file")
+    with pytest.raises(OracleError, match="below-a-file"):
+        write_attempt_input(bad)

@@ -3,12 +3,18 @@
 Public API (the contract in docs/ARCHITECTURE.md):
 
 * :class:`FailureClass`, :data:`PERMANENT`, :func:`diagnose` -> :class:`Diagnosis`
-* :class:`AttemptRequest`, :class:`AttemptResult`, :func:`run_attempt`
+* :class:`AttemptRequest`, :class:`AttemptResult`, :func:`run_attempt`,
+  :func:`write_attempt_input` (dry run)
 * :class:`EspressoOracle` (``preflight``, ``next_request``), :func:`label_serially`
 * :data:`DEFAULT_LADDERS`, :func:`default_ladder_markdown`
 """
 
-from mlip_autopipec.oracle.attempt import AttemptRequest, AttemptResult, run_attempt
+from mlip_autopipec.oracle.attempt import (
+    AttemptRequest,
+    AttemptResult,
+    run_attempt,
+    write_attempt_input,
+)
 from mlip_autopipec.oracle.diagnose import (
     PERMANENT,
     RETRYABLE,
@@ -46,4 +52,5 @@ __all__ = [
     "run_attempt",
     "scf_trend",
     "validate_ladders",
+    "write_attempt_input",
 ]

@@ -19,6 +19,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.espresso import EspressoProfile, EspressoTemplate
 
+from mlip_autopipec.errors import OracleError
 from mlip_autopipec.oracle.diagnose import (
     Diagnosis,
     FailureClass,
@@ -189,13 +190,12 @@ def _result(req: AttemptRequest, diag: Diagnosis, restart: str, **kw: Any) -> At
     )
 
 
-def run_attempt(request: AttemptRequest) -> AttemptResult:
-    """Write the input with ASE, run pw.x through process.run_process, diagnose, parse.
+def _prepare(req: AttemptRequest) -> tuple[EspressoTemplate, EspressoProfile, str]:
+    """Create a clean attempt directory, copy a restart density, let ASE write the input.
 
-    Never raises for pw.x failures (those are failure classes); an unusable attempt
-    directory is reported as ``crashed`` with the OS error.
+    Returns the template, the profile and the effective restart mode (``scratch`` when
+    no density could be copied). Raises OSError/ValueError/KeyError/TypeError.
     """
-    req = request
     directory = Path(req.attempt_dir)
     template = EspressoTemplate()
     profile = EspressoProfile(command=shlex.join(req.argv), pseudo_dir=str(req.pseudo_dir))
@@ -207,33 +207,56 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
     if req.timeout is not None and "max_seconds" not in control:
         # pw.x stops cleanly and writes its density before our hard kill
         control["max_seconds"] = max(1.0, float(req.timeout) * (1 - MAX_SECONDS_MARGIN))
+    if directory.exists():
+        # a rerun of an interrupted attempt starts clean: no stale output is diagnosed
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    if req.restart_from is not None and _copy_density(Path(req.restart_from), directory / SAVE_DIR):
+        restart = RESTART_CHARGE_DENSITY
+        input_data.setdefault("electrons", {})["startingpot"] = "file"
+    else:
+        input_data.get("electrons", {}).pop("startingpot", None)
+    parameters: dict[str, Any] = {
+        "input_data": input_data,
+        "pseudopotentials": dict(req.pseudopotentials),
+        "koffset": tuple(req.koffset),
+    }
+    if req.kpts is not None:
+        parameters["kpts"] = tuple(req.kpts)
+    elif req.kspacing is not None:
+        parameters["kspacing"] = req.kspacing
+    template.write_input(profile, directory, req.atoms, parameters, ["energy", "forces", "stress"])
+    return template, profile, restart
+
+
+def write_attempt_input(request: AttemptRequest) -> Path:
+    """Write the attempt's ``espresso.pwi`` (as :func:`run_attempt` would) without running.
+
+    For ``--dry-run``. Returns the input file's path; raises :class:`OracleError` (with
+    the attempt directory and the cause) when it cannot be written.
+    """
     try:
-        if directory.exists():
-            # a rerun of an interrupted attempt starts clean: no stale output is diagnosed
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        if req.restart_from is not None and _copy_density(
-            Path(req.restart_from), directory / SAVE_DIR
-        ):
-            restart = RESTART_CHARGE_DENSITY
-            input_data.setdefault("electrons", {})["startingpot"] = "file"
-        else:
-            input_data.get("electrons", {}).pop("startingpot", None)
-        parameters: dict[str, Any] = {
-            "input_data": input_data,
-            "pseudopotentials": dict(req.pseudopotentials),
-            "koffset": tuple(req.koffset),
-        }
-        if req.kpts is not None:
-            parameters["kpts"] = tuple(req.kpts)
-        elif req.kspacing is not None:
-            parameters["kspacing"] = req.kspacing
-        template.write_input(
-            profile, directory, req.atoms, parameters, ["energy", "forces", "stress"]
-        )
+        template, _, _ = _prepare(request)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OracleError(f"{request.attempt_dir}: cannot write the pw.x input: {exc}") from exc
+    return Path(request.attempt_dir) / template.inputname
+
+
+def run_attempt(request: AttemptRequest) -> AttemptResult:
+    """Write the input with ASE, run pw.x through process.run_process, diagnose, parse.
+
+    Never raises for pw.x failures (those are failure classes); an unusable attempt
+    directory is reported as ``crashed`` with the OS error.
+    """
+    req = request
+    directory = Path(req.attempt_dir)
+    try:
+        template, profile, restart = _prepare(req)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _result(
-            req, Diagnosis(FailureClass.CRASHED, f"could not write the pw.x input: {exc}"), restart
+            req,
+            Diagnosis(FailureClass.CRASHED, f"could not write the pw.x input: {exc}"),
+            RESTART_SCRATCH,
         )
 
     argv = profile.get_command(template.inputname)
