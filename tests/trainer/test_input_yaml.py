@@ -64,7 +64,9 @@ def test_zbl_auto_and_explicit_inner_cutoff():
     assert "repulsion" not in explicit["fit"]
     # LJ is handled outside pacemaker: nothing in the potential section.
     lj = _input(physics_baseline={"type": "LJ", "epsilon": 0.01, "sigma": 2.0, "rc": 5.0})
-    assert "inner_cutoff_type" not in lj["potential"]["bonds"]["ALL"] and "repulsion" not in lj["fit"]
+    assert (
+        "inner_cutoff_type" not in lj["potential"]["bonds"]["ALL"] and "repulsion" not in lj["fit"]
+    )
 
 
 @pytest.mark.parametrize(

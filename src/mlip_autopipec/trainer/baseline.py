@@ -96,7 +96,9 @@ class AceWithBaseline(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "gamma"]
 
-    def __init__(self, ace: Calculator, additive: Sequence[Calculator], extrapolation: bool = False):
+    def __init__(
+        self, ace: Calculator, additive: Sequence[Calculator], extrapolation: bool = False
+    ):
         super().__init__()
         self.ace = ace
         self.additive = list(additive)

@@ -43,7 +43,8 @@ def with_defaults(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
     baseline = cfg["physics_baseline"] or {"type": "none"}
     if baseline.get("type", "none") not in BASELINE_TYPES:
         raise TrainerError(
-            f"trainer.physics_baseline.type: {baseline.get('type')!r} is not one of {BASELINE_TYPES}"
+            f"trainer.physics_baseline.type: {baseline.get('type')!r} "
+            f"is not one of {BASELINE_TYPES}"
         )
     if baseline.get("type") == "LJ":
         missing = [k for k in ("epsilon", "sigma") if k not in baseline]

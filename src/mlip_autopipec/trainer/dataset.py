@@ -41,7 +41,9 @@ def dft_labels(atoms: Atoms, sid: str) -> tuple[float, np.ndarray]:
     if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
         raise TrainerError(f"structure {sid} has non-finite energy or forces")
     if forces.shape != (len(atoms), 3):
-        raise TrainerError(f"structure {sid}: forces have shape {forces.shape}, not ({len(atoms)}, 3)")
+        raise TrainerError(
+            f"structure {sid}: forces have shape {forces.shape}, not ({len(atoms)}, 3)"
+        )
     return energy, forces
 
 

@@ -32,7 +32,11 @@ from ase import Atoms
 from mlip_autopipec import __version__
 from mlip_autopipec.errors import TrainerError
 from mlip_autopipec.process import ProcessResult, run_process
-from mlip_autopipec.trainer.baseline import baseline_calculator, fit_reference_energies
+from mlip_autopipec.trainer.baseline import (
+    baseline_calculator,
+    baseline_labels,
+    fit_reference_energies,
+)
 from mlip_autopipec.trainer.config import with_defaults
 from mlip_autopipec.trainer.dataset import (
     build_dataframe,
@@ -174,7 +178,8 @@ def _check(result: ProcessResult, what: str, workdir: Path, log: Path | None) ->
     logs = ", ".join(str(p) for p in (log, result.stderr_path) if p is not None)
     if result.timed_out:
         raise TrainerError(
-            f"{what} timed out after {result.wall_time:.0f} s (trainer.timeout); see {logs}", workdir
+            f"{what} timed out after {result.wall_time:.0f} s (trainer.timeout); see {logs}",
+            workdir,
         )
     if result.stopped:
         raise TrainerError(f"{what} was stopped (shutdown requested); see {logs}", workdir)
@@ -205,7 +210,6 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
     start = time.monotonic()
     cfg = with_defaults(trainer_cfg)
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
 
     if len(atoms_list) < 2:
         raise TrainerError(f"need at least 2 labelled structures to fit, got {len(atoms_list)}")
@@ -218,6 +222,7 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
     if unknown:
         raise TrainerError(f"structures contain {unknown} but trainer.elements is {elements}")
 
+    workdir.mkdir(parents=True, exist_ok=True)
     train_ids, test_ids = split_ids(ids, float(cfg["test_fraction"]), int(cfg["seed"]))
     by_id = dict(zip(ids, atoms_list, strict=True))
     train_atoms = [by_id[i] for i in train_ids]
@@ -229,8 +234,6 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
     for sid, atoms in zip(train_ids, train_atoms, strict=True):
         e_dft, _ = dft_labels(atoms, sid)
         if base_calc is not None:
-            from mlip_autopipec.trainer.baseline import baseline_labels
-
             e_dft -= baseline_labels(base_calc, atoms)[0]
         targets.append(e_dft)
     reference = fit_reference_energies(
@@ -244,9 +247,13 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
 
     for name in _STALE:
         (workdir / name).unlink(missing_ok=True)
-    write_dataframe(build_dataframe(train_atoms, train_ids, reference, base_calc), workdir / TRAIN_FILE)
+    write_dataframe(
+        build_dataframe(train_atoms, train_ids, reference, base_calc), workdir / TRAIN_FILE
+    )
     if test_ids:
-        write_dataframe(build_dataframe(test_atoms, test_ids, reference, base_calc), workdir / TEST_FILE)
+        write_dataframe(
+            build_dataframe(test_atoms, test_ids, reference, base_calc), workdir / TEST_FILE
+        )
     write_extxyz(atoms_list, ids, test_ids, workdir / "dataset.extxyz")
     write_input(
         build_input(

@@ -76,7 +76,9 @@ def build_input(
     return {
         "seed": int(cfg["seed"]),
         # pacemaker copies metadata into the potential; values must be strings there.
-        "metadata": {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
+        "metadata": {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()
+        },
         "potential": {
             "deltaSplineBins": DELTA_SPLINE_BINS,
             "elements": list(elements),

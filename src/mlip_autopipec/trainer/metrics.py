@@ -30,7 +30,7 @@ class Errors:
 def errors_from_predictions(df: pd.DataFrame) -> Errors:
     """RMSEs from a pacemaker prediction table."""
     n_atoms = df["NUMBER_OF_ATOMS"].to_numpy(dtype=float)
-    de = (df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float))
+    de = df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float)
     de_per_atom = de / n_atoms
     df_ = np.vstack([np.asarray(f, dtype=float) for f in df["forces_pred"]]) - np.vstack(
         [np.asarray(f, dtype=float) for f in df["forces"]]

@@ -1,0 +1,88 @@
+"""pacemaker failures (injected with a fake executable) become clear TrainerErrors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.lj import LennardJones
+from ase.calculators.singlepoint import SinglePointCalculator
+from si_data import si_cells
+
+from mlip_autopipec.errors import TrainerError
+from mlip_autopipec.trainer import fit_potential
+
+FAKE = Path(__file__).parent / "fakes" / "fake_pacemaker.py"
+
+
+def _labelled(n=5):
+    out = []
+    for atoms in si_cells(n, seed=9):
+        work = atoms.copy()
+        work.calc = LennardJones(epsilon=0.5, sigma=2.2, rc=4.5)
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=work.get_potential_energy(), forces=work.get_forces()
+        )
+        out.append(atoms)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("exit3", "exited with code 3"),
+        ("kill", "killed by signal 9"),
+        ("nopot", "left no output_potential.yaml"),
+        ("hang", "timed out"),
+    ],
+)
+def test_failure_is_a_trainer_error_and_touches_nothing_else(tmp_path: Path, mode, message):
+    run_dir = tmp_path / "run"
+    previous = run_dir / "trainer" / "fit-001"
+    previous.mkdir(parents=True)
+    pointer = run_dir / "trainer" / "current.json"
+    pointer.write_text(json.dumps({"fit_dir": "fit-001"}))
+    atoms = _labelled()
+    before = [(a.get_potential_energy(), a.get_forces().copy(), dict(a.info)) for a in atoms]
+    workdir = run_dir / "trainer" / "fit-002"
+    cfg = {"command": [sys.executable, str(FAKE), mode], "timeout": 2}
+    with pytest.raises(TrainerError) as info:
+        fit_potential(atoms, cfg, workdir)
+    text = str(info.value)
+    assert message in text
+    assert str(workdir / "pacemaker.log") in text  # where to look
+    assert info.value.workdir == workdir
+    if mode == "exit3":
+        assert "ValueError: fake failure" in text  # the cause is quoted
+    # nothing outside the fit folder changed: the previous fit stays current
+    assert json.loads(pointer.read_text()) == {"fit_dir": "fit-001"}
+    assert sorted(p.name for p in (run_dir / "trainer").iterdir()) == [
+        "current.json",
+        "fit-001",
+        "fit-002",
+    ]
+    assert not (workdir / "potential.json").exists()
+    # labels untouched
+    for a, (e, f, info_) in zip(atoms, before, strict=True):
+        assert a.get_potential_energy() == e and np.array_equal(a.get_forces(), f)
+        assert a.info == info_
+
+
+def test_missing_program_is_a_trainer_error(tmp_path: Path):
+    with pytest.raises(TrainerError, match="cannot start"):
+        fit_potential(_labelled(), {"command": "no-such-pacemaker-xyz"}, tmp_path / "fit")
+
+
+def test_bad_input_is_rejected_before_running(tmp_path: Path):
+    atoms = _labelled()
+    with pytest.raises(TrainerError, match="trainer.elements"):
+        fit_potential(atoms, {"elements": ["C"]}, tmp_path / "fit")
+    atoms[1].info["structure_id"] = atoms[0].info["structure_id"]
+    with pytest.raises(TrainerError, match="duplicate"):
+        fit_potential(atoms, {}, tmp_path / "fit")
+    with pytest.raises(TrainerError, match="at least 2"):
+        fit_potential(atoms[:1], {}, tmp_path / "fit")
+    assert not (tmp_path / "fit").exists()  # rejected before anything is written
