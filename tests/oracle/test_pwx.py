@@ -198,3 +198,22 @@ def test_walltime_continues_from_the_saved_density(tmp_path: Path) -> None:
     if res[0].n_scf >= 3:
         # the saved density is much better than the superposition of atoms
         assert res[1].scf_history_ev[0] < res[0].scf_history_ev[0] / 10
+
+
+def test_metal_with_fixed_occupations_not_converging_gets_smearing(tmp_path: Path) -> None:
+    """Rattled 4-atom Al, fixed occupations: no 'charge is wrong', just endless sloshing.
+
+    Halving beta (from the density or from scratch) does not help here (measured: 40
+    more steps each, accuracy still ~1 eV); the trajectory-aware smearing step does.
+    """
+    al = bulk("Al", "fcc", 4.05, cubic=True)
+    al.rattle(0.05, seed=0)
+    cfg = oracle_cfg(electrons={"electron_maxstep": 40})
+    oracle = EspressoOracle(cfg, {"Al": PSEUDO / "Al.pz-vbc.UPF"})
+    res = label_serially(oracle, "al4", al, tmp_path)
+    assert [r.failure_class for r in res] == ["scf_not_converged", "converged"]
+    assert res[1].step is not None and res[1].step["trend"] == "oscillating"
+    assert res[1].params_diff["system.occupations"] == "smearing"
+    # ASE reads QE's '!' total energy, which with smearing is the Mermin free energy
+    # (forces are consistent with it) into both energy and free_energy
+    assert res[1].energy is not None and res[1].free_energy == res[1].energy
