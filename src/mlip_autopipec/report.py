@@ -36,6 +36,7 @@ from mlip_autopipec.errors import AutopipecError, UsageError
 from mlip_autopipec.lifecycle.machine import STATES
 from mlip_autopipec.lifecycle.status import status_json
 from mlip_autopipec.lifecycle.store import Store
+from mlip_autopipec.trainer.fit import POTENTIAL_JSON
 
 REPORT_DIR = "report"
 INDEX_HTML = "index.html"
@@ -257,8 +258,11 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
             "n_test": latest["n_test"],
             "fit_dir": None,
         }
+        # The fit folder of the potential the store (and so `status`) reports, found by name
+        # under the run directory so that a moved run still works; else the current fit.
+        named = run_dir / "trainer" / Path(str(latest["path"])).parent.name
         try:
-            fit = load_fit(run_dir)
+            fit = load_fit(named if (named / POTENTIAL_JSON).is_file() else run_dir)
         except AutopipecError as exc:
             parity_reason = f"the fit folder could not be read: {exc}"
         else:
