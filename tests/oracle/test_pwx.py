@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -217,3 +218,16 @@ def test_metal_with_fixed_occupations_not_converging_gets_smearing(tmp_path: Pat
     # ASE reads QE's '!' total energy, which with smearing is the Mermin free energy
     # (forces are consistent with it) into both energy and free_energy
     assert res[1].energy is not None and res[1].free_energy == res[1].energy
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs mpirun")
+def test_command_with_mpi_launcher_gives_the_same_energy(tmp_path: Path) -> None:
+    launcher = ["mpirun", "-np", "2"]
+    if os.geteuid() == 0:
+        launcher.insert(1, "--allow-run-as-root")  # OpenMPI refuses root otherwise
+    mpi = EspressoOracle(oracle_cfg(command=" ".join([*launcher, "pw.x"])), SI_PP)
+    [res] = label_serially(mpi, "si", SI, tmp_path / "mpi")
+    [ref] = label_serially(EspressoOracle(oracle_cfg(), SI_PP), "si", SI, tmp_path / "serial")
+    assert res.ok and ref.ok
+    assert "running on     2 processors" in (res.attempt_dir / "espresso.pwo").read_text()
+    assert res.energy == pytest.approx(ref.energy, abs=1e-6)
