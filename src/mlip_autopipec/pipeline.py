@@ -112,7 +112,7 @@ def run(
             except TrainerError as exc:
                 _say(f"autopipec: error: training failed, labels are kept: {exc}")
                 status = EXIT_FAILED
-            _write_report_safely(run_dir)
+        _write_report_safely(run_dir)
     return status
 
 
