@@ -57,8 +57,9 @@ def test_quickstart_recipe_end_to_end(tmp_path: Path) -> None:
     report = run_dir / "report"
     assert (report / "index.html").is_file()
     data = json.loads((report / "report.json").read_text())
-    assert data  # the report module's own tests check its numbers
-    assert list(report.glob("*.png"))
+    assert data["counts"] == status["counts"]
+    assert data["status_potential"] == pot
+    assert len(list(report.glob("*.png"))) >= 4  # parity x2, histograms, attempts
 
     # a rerun resumes: nothing is recomputed, no new potential
     again = _cli("run", str(recipe), "--run-dir", str(run_dir), cwd=tmp_path)
