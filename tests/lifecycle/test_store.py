@@ -196,6 +196,14 @@ def test_status_of_a_non_run_directory(tmp_path):
     with pytest.raises(UsageError, match="not a run directory"):
         status_json(tmp_path)
     assert not (tmp_path / DB_NAME).exists()  # status must not create a store
+    (tmp_path / DB_NAME).write_bytes(b"")  # empty file: sqlite opens it, but no tables
+    with pytest.raises(UsageError, match="not a usable run database"):
+        status_json(tmp_path)
+    (tmp_path / DB_NAME).write_bytes(b"garbage " * 1000)
+    with pytest.raises(UsageError, match="not a usable run database"):
+        status_json(tmp_path)
+    with pytest.raises(UsageError, match="not a usable run database"):
+        Store.open(tmp_path)
 
 
 def test_export_extxyz(tmp_path):

@@ -165,9 +165,12 @@ class Store:
                 "start one with 'autopipec run RECIPE'"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
+            if create:
+                # WAL is persistent in the file: readers (status) need not set it again.
+                conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process (the OS keeps the pages); only a
             # power cut can lose the last commits, never corrupt the database.
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -178,8 +181,17 @@ class Store:
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            else:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+                if row.fetchone() is None:
+                    raise sqlite3.DatabaseError("no schema version recorded")
         except sqlite3.DatabaseError as exc:
-            raise UsageError(f"{path}: cannot open the run database: {exc}") from exc
+            if conn is not None:
+                conn.close()
+            raise UsageError(
+                f"{path}: not a usable run database ({exc}); "
+                "was it written by autopipec? Use another --run-dir or --fresh"
+            ) from exc
         return cls(run_dir, conn)
 
     def close(self) -> None:
