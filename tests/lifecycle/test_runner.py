@@ -291,6 +291,7 @@ def test_progress_plain_and_tty(tmp_path):
     _populate(run2, [SCRIPTS["easy"]])
     _run(run2, InlineExecutor(), progress=Progress(tty, tty=True))
     assert "\r\x1b[K" in tty.getvalue() and "labelled 1" in tty.getvalue()
+    assert "structure 1: labelled" not in tty.getvalue()  # the live counts show it
 
 
 @pytest.mark.parametrize(

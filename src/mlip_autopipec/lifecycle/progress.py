@@ -85,8 +85,14 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
-    def event(self, message: str) -> None:
-        """One line that stays (a structure labelled or quarantined, a resume note)."""
+    def event(self, message: str, *, routine: bool = False) -> None:
+        """One line that stays (a structure quarantined, a resume note).
+
+        ``routine`` events (a structure labelled) are log lines off a terminal only; on a
+        terminal the live counts already show them.
+        """
+        if routine and self.tty:
+            return
         if self.tty and self._line_shown:
             self.stream.write("\r\x1b[K")
             self._line_shown = False

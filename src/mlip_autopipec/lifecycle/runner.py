@@ -152,10 +152,10 @@ class _Runner:
             self.attempts += 1
         return new
 
-    def _event(self, message: str) -> None:
+    def _event(self, message: str, *, routine: bool = False) -> None:
         log.info(message)
         if self.progress is not None:
-            self.progress.event(message)
+            self.progress.event(message, routine=routine)
 
     def _tick(self, force: bool = False) -> None:
         if self.progress is not None:
@@ -259,7 +259,8 @@ class _Runner:
         if result.ok:
             self._move(sid, "label", result=result)
             self._event(
-                f"structure {sid}: labelled (attempt {result.number}, E = {result.energy:.6f} eV)"
+                f"structure {sid}: labelled (attempt {result.number}, E = {result.energy:.6f} eV)",
+                routine=True,
             )
             self._done(sid)
             return
