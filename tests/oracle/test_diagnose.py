@@ -146,3 +146,14 @@ def test_unprintable_accuracy_is_skipped() -> None:
     broken = pwo.replace(first, "     estimated scf accuracy    <   **********  Ry", 1)
     info = parse_scf(broken)
     assert info.n_scf == 3 and len(info.scf_history_ev) == 2
+
+
+def test_allocation_error_block_is_out_of_memory() -> None:
+    # pw.x's form of an allocation failure, spliced into a real output in place of the
+    # charge error (the block layout and routine-number handling are what is tested)
+    pwo = _read("al_fixed_occupations", "espresso.pwo")
+    pwo = pwo.replace("Error in routine electrons (1):", "Error in routine allocate_fft (12):")
+    pwo = pwo.replace("charge is wrong: smearing is needed", "cannot allocate psic")
+    d = diagnose(1, pwo, "", "", False)
+    assert d.failure_class == FailureClass.OUT_OF_MEMORY
+    assert d.message == "Error in routine allocate_fft (12): cannot allocate psic"

@@ -140,7 +140,8 @@ OVERLAP_RE: Final = re.compile(
     r"atoms?\s+#?\s*\d+\s+and\s+#?\s*\d+\s+overlap|overlapping atoms", re.I
 )
 OUT_OF_MEMORY_RE: Final = re.compile(
-    r"cannot allocate|not enough memory|out of memory|std::bad_alloc|"
+    r"cannot allocate|error allocating|allocation (?:failed|error)|not enough memory|"
+    r"out of memory|std::bad_alloc|"
     r"insufficient virtual memory|Allocation would exceed memory limit|oom-kill",
     re.I,
 )
