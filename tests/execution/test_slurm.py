@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -137,28 +138,6 @@ def _cancel_when_running(attempt_dir: Path) -> str:
     return jobs[0]
 
 
-def test_scancelled_pilot_is_replaced_and_the_attempt_retried(tmp_path: Path) -> None:
-    """Parsl's own retry (lost_worker_retries, default 2) re-runs the lost attempt."""
-    from mlip_autopipec.oracle import run_attempt
-
-    attempt = tmp_path / "s" / "attempt-01"
-    cfg = fast_parsl_cfg("slurm")
-    with make_parsl_executor(cfg, 1, run_dir=tmp_path / "parsl") as ex:
-        future = ex.submit(run_attempt, si_request(attempt, **LONG))
-        cancelled = _cancel_when_running(attempt)
-        result = future.result(timeout=150)
-        assert cancelled not in {job_id for job_id, _ in our_jobs()}
-    reference = run_attempt(si_request(tmp_path / "ref" / "attempt-01", **LONG))
-    assert result.ok, result.message
-    assert result.energy == pytest.approx(reference.energy, abs=1e-8)
-    # the lost try's half-written folder was kept aside, not mixed with the new one
-    lost = attempt.with_name("attempt-01.lost-1")
-    assert lost.is_dir()
-    assert "JOB DONE" not in (lost / "espresso.pwo").read_text()
-    assert "JOB DONE" in (attempt / "espresso.pwo").read_text()
-    assert_nothing_left(tmp_path)
-
-
 def test_lost_worker_surfaces_and_a_requeue_completes(tmp_path: Path) -> None:
     """With Parsl retries off the future raises; requeueing as the runner does completes it."""
     from mlip_autopipec.oracle import run_attempt
@@ -177,4 +156,133 @@ def test_lost_worker_surfaces_and_a_requeue_completes(tmp_path: Path) -> None:
     assert result.ok, result.message
     assert result.number == 1
     assert attempt.with_name("attempt-01.lost-1").is_dir()
+    assert_nothing_left(tmp_path)
+
+
+# -- a whole recipe ---------------------------------------------------------------------------
+
+RECIPE = """\
+name: si-cluster
+structures:
+  - bulk: {{element: Si, crystal: diamond, a: 5.43}}
+    strain: {{min: -0.02, max: 0.02, count: 3}}
+oracle:
+  pseudopotentials: {{Si: {pseudo}}}
+  kpts: [{k}, {k}, {k}]
+  input_data:
+    system: {{ecutwfc: {ecut}}}
+execution:
+{execution}
+"""
+
+SLURM_EXECUTION = """\
+  engine: parsl
+  workers: 2
+  parsl:
+    provider: slurm
+    walltime: "00:10:00"
+    worker_init: "export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+"""
+
+
+def write_recipe(path: Path, execution: str, ecut: float = 12.0, k: int = 2) -> Path:
+    from execution_helpers import SI_PSEUDO
+
+    path.write_text(RECIPE.format(pseudo=SI_PSEUDO, k=k, ecut=ecut, execution=execution))
+    return path
+
+
+def labels(run_dir: Path) -> dict[str, Any]:
+    """source -> (energy, forces, stress) of every labelled structure of a run."""
+    from mlip_autopipec.lifecycle.store import Store
+
+    with Store.open(run_dir, create=False) as store:
+        return {
+            a.info["source"]: (
+                a.get_potential_energy(),
+                a.get_forces(),
+                a.get_stress(),
+            )
+            for a in store.labelled_atoms()
+        }
+
+
+def assert_same_labels(got: dict[str, Any], ref: dict[str, Any]) -> None:
+    assert sorted(got) == sorted(ref) and len(ref) == 3
+    for source, (energy, forces, stress) in ref.items():
+        assert got[source][0] == pytest.approx(energy, abs=1e-8), source
+        assert got[source][1] == pytest.approx(forces, abs=1e-8), source
+        assert got[source][2] == pytest.approx(stress, abs=1e-8), source
+
+
+def test_recipe_with_parsl_slurm_gives_the_local_labels(tmp_path: Path) -> None:
+    from mlip_autopipec.cli import main
+
+    local = write_recipe(tmp_path / "local.yaml", "  engine: local\n")
+    cluster = write_recipe(tmp_path / "cluster.yaml", SLURM_EXECUTION)
+    assert main(["run", str(local), "--run-dir", str(tmp_path / "local"), "--stage", "label"]) == 0
+    rc = main(["run", str(cluster), "--run-dir", str(tmp_path / "slurm"), "--stage", "label"])
+    assert rc == 0
+    assert_same_labels(labels(tmp_path / "slurm"), labels(tmp_path / "local"))
+    # Parsl's files live inside the run directory
+    assert list((tmp_path / "slurm" / "parsl").glob("*/submit_scripts/parsl.autopipec.block-*"))
+    assert_nothing_left(tmp_path)
+
+
+def _label_recipe(recipe_path: Path, run_dir: Path, executor_cm: Any) -> dict[str, int]:
+    """What the pipeline's label step does, with an executor of our choosing."""
+    from mlip_autopipec.lifecycle.runner import label_all
+    from mlip_autopipec.lifecycle.store import Store
+    from mlip_autopipec.oracle import EspressoOracle, run_attempt
+    from mlip_autopipec.recipe import build_structures, load_recipe, resolve_pseudopotentials
+
+    recipe = load_recipe(recipe_path)
+    with Store.open(run_dir) as store:
+        pseudos = resolve_pseudopotentials(recipe, run_dir / "pseudo")
+        store.add_structures((s.atoms, s.source) for s in build_structures(recipe))
+        oracle = EspressoOracle(recipe.oracle, pseudos)
+        with executor_cm as executor:
+            return label_all(store, oracle, run_attempt, executor, run_dir, handle_signals=False)
+
+
+def test_scancel_during_a_recipe_run_keeps_the_labels(tmp_path: Path) -> None:
+    """A pilot job cancelled mid-run: every structure still ends labelled, same labels, and
+    the lost attempt is not recorded as an attempt."""
+    from mlip_autopipec.execution import local_executor
+    from mlip_autopipec.lifecycle.store import Store
+
+    recipe = write_recipe(
+        tmp_path / "r.yaml", "  engine: local\n", ecut=LONG["ecutwfc"], k=int(LONG["kpts"])
+    )
+    _label_recipe(recipe, tmp_path / "local", local_executor(2))
+
+    run_dir = tmp_path / "slurm"
+    cancelled: list[str] = []
+
+    def cancel_first_pilot() -> None:
+        first = run_dir / "structures"
+        wait_for(lambda: list(first.glob("*/attempt-01/espresso.pwo")), 120, "pw.x to start")
+        time.sleep(0.5)
+        jobs = [job_id for job_id, state in our_jobs() if state == "RUNNING"]
+        subprocess.run(["scancel", *jobs], check=True)
+        cancelled.extend(jobs)
+
+    canceller = threading.Thread(target=cancel_first_pilot, daemon=True)
+    canceller.start()
+    executor = make_parsl_executor(fast_parsl_cfg("slurm"), 2, run_dir=run_dir / "parsl")
+    counts = _label_recipe(recipe, run_dir, executor)
+    canceller.join(5)
+    assert cancelled, "the pilot job was never cancelled"
+    with Store.open(run_dir, create=False) as store:
+        rows = store.structure_rows()
+    assert counts["labelled"] == 3 and counts["failed"] == 0, rows
+    assert_same_labels(labels(run_dir), labels(tmp_path / "local"))
+    with Store.open(run_dir, create=False) as store:
+        assert store.total_attempts() == 3  # lost tries are retried, not recorded as failures
+    # the lost tries' half-written folders were kept aside, not mixed with the new ones
+    lost = list(run_dir.glob("structures/*/attempt-01.lost-1"))
+    assert lost
+    for folder in lost:
+        assert "JOB DONE" not in (folder / "espresso.pwo").read_text()
+        assert "JOB DONE" in (folder.with_name("attempt-01") / "espresso.pwo").read_text()
     assert_nothing_left(tmp_path)
