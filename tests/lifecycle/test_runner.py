@@ -403,3 +403,15 @@ RunnerStateMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_runner_state_machine = RunnerStateMachine.TestCase
+
+
+def test_make_executor_engines():
+    from mlip_autopipec.errors import UsageError
+
+    with make_executor({"engine": "local"}, 3) as ex:
+        assert ex.submit(sum, [1, 2]).result() == 3
+        assert ex._max_workers == 3  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="unknown engine 'dask'"):
+        make_executor({"engine": "dask"}, 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        make_executor({"engine": "local"}, 0)
