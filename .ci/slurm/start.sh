@@ -15,7 +15,7 @@ DIR="${SLURM_CI_DIR:-/tmp/autopipec-slurm}"
 PACKAGES=(munge slurmctld slurmd slurm-client)
 READY_TIMEOUT="${SLURM_CI_READY_TIMEOUT:-60}"
 
-die() { echo "slurm-ci: $*" >&2; exit "${2:-1}"; }
+die() { echo "slurm-ci: $1" >&2; exit "${2:-1}"; }
 
 [[ "$(id -u)" == 0 ]] || die "must run as root (munged/slurmd need it); skipping Slurm setup" 2
 
