@@ -107,8 +107,12 @@ def test_status_of_a_missing_run_dir_exits_2(
 def test_locked_run_directory_exits_2(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
     run_dir = tmp_path / "run"
-    assert _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label",
-                cwd=tmp_path).returncode == 0
+    assert (
+        _cli(
+            "run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     with RunLock(run_dir):
         proc = _cli("run", str(recipe), "--run-dir", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 2
@@ -157,10 +161,25 @@ def test_interrupted_run_exits_128_plus_signal_and_resumes(
 ) -> None:
     recipe = _recipe(tmp_path, count=8)
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "mlip_autopipec", "run", str(recipe), "--run-dir",
-            str(run_dir), "--stage", "label"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+    argv = [
+        sys.executable,
+        "-m",
+        "mlip_autopipec",
+        "run",
+        str(recipe),
+        "--run-dir",
+        str(run_dir),
+        "--stage",
+        "label",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         _wait_for_labels(run_dir, 2, proc, timeout=120)
         proc.send_signal(signum)
@@ -171,12 +190,12 @@ def test_interrupted_run_exits_128_plus_signal_and_resumes(
     assert proc.returncode == code, err
     interrupted = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     assert interrupted["counts"]["running"] == 0 and interrupted["counts"]["scf_retry"] == 0
-    done_before = {s["id"]: s["energy_ev"] for s in interrupted["structures"]
-                   if s["state"] == "labelled"}
+    done_before = {
+        s["id"]: s["energy_ev"] for s in interrupted["structures"] if s["state"] == "labelled"
+    }
     assert 2 <= len(done_before) < 9
 
-    resumed = _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label",
-                   cwd=tmp_path)
+    resumed = _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     assert final["counts"]["labelled"] == len(final["structures"]) == 9  # base cell + 8 strains
@@ -185,3 +204,22 @@ def test_interrupted_run_exits_128_plus_signal_and_resumes(
     for sid, energy in done_before.items():
         assert energies[sid] == energy
     assert all(s["attempts"] == 1 for s in final["structures"] if s["id"] in done_before)
+
+
+def test_dry_run_writes_every_first_input_and_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = _recipe(tmp_path, count=3)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # strains -0.02, 0, +0.02: the base cell is the 0 strain, not a fourth structure
+    assert "nothing was run" in out and "structures: 3 (6 atoms)" in out
+    inputs = sorted((run_dir / "dry-run").glob("structure-*/attempt-01/espresso.pwi"))
+    assert len(inputs) == 3
+    assert "ecutwfc" in inputs[0].read_text() and "K_POINTS automatic" in inputs[0].read_text()
+    assert not list(run_dir.rglob("espresso.pwo"))
+    assert not (run_dir / "autopipec.sqlite").exists()
+    summary = json.loads((run_dir / "dry-run" / "summary.json").read_text())
+    assert summary["estimated_pwx_calls"]["first_attempts"] == 3
+    assert (run_dir / "dry-run" / "trainer" / "input.yaml").is_file()

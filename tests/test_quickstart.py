@@ -27,7 +27,11 @@ pytestmark = [
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mlip_autopipec", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -51,9 +51,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default="all",
         help="'label' stops after labelling; 'train' only fits on what is labelled",
     )
-    p.add_argument(
-        "--dry-run", action="store_true", help="write every input file, run nothing"
-    )
+    p.add_argument("--dry-run", action="store_true", help="write every input file, run nothing")
     p.add_argument(
         "--fresh",
         action="store_true",

@@ -99,8 +99,10 @@ def run(
         pseudos = resolve_pseudopotentials(recipe, run_dir / "pseudo")
         structures = build_structures(recipe)
         ids = store.add_structures((s.atoms, s.source) for s in structures)
-        _say(f"autopipec: {recipe.name}: {len(structures)} structures in the recipe "
-             f"({len(set(ids))} distinct), run directory {run_dir}")
+        _say(
+            f"autopipec: {recipe.name}: {len(structures)} structures in the recipe "
+            f"({len(set(ids))} distinct), run directory {run_dir}"
+        )
         status = EXIT_OK
         if stage in ("all", "label"):
             counts = label(recipe, store, run_dir, pseudos, workers)
@@ -130,8 +132,10 @@ def label(
     from mlip_autopipec.oracle import EspressoOracle, run_attempt
 
     oracle = EspressoOracle(recipe.oracle, pseudos)
-    n_workers = workers or recipe.execution.get("workers") or default_workers(
-        recipe.oracle.get("command") or "pw.x"
+    n_workers = (
+        workers
+        or recipe.execution.get("workers")
+        or default_workers(recipe.oracle.get("command") or "pw.x")
     )
     with make_executor(recipe.execution, int(n_workers), run_dir=run_dir) as executor:
         counts = label_all(store, oracle, run_attempt, executor, run_dir, Progress())
@@ -201,8 +205,10 @@ def _write_report_safely(run_dir: Path) -> None:
         index = write_report(run_dir)
     except Exception as exc:  # noqa: BLE001 - a broken figure must not fail a finished run
         log.exception("report failed")
-        _say(f"autopipec: warning: could not write the report ({exc}); "
-             f"try 'autopipec report {run_dir}'")
+        _say(
+            f"autopipec: warning: could not write the report ({exc}); "
+            f"try 'autopipec report {run_dir}'"
+        )
     else:
         _say(f"autopipec: report {index}")
 
@@ -255,19 +261,17 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         ),
         trainer_dir / "input.yaml",
     )
-    summary = {
+    kp = {"min": min(kpoints, default=0), "max": max(kpoints, default=0), "total": sum(kpoints)}
+    first = len(structures) - quarantined
+    calls = {"first_attempts": first, "at_most": first * oracle.max_attempts}
+    summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "structures": len(structures),
         "per_element_set": dict(sorted(per_set.items())),
         "total_atoms": total_atoms,
         "quarantined_by_preflight": quarantined,
-        "kpoints_per_structure": {
-            "min": min(kpoints, default=0),
-            "max": max(kpoints, default=0),
-            "total": sum(kpoints),
-        },
-        "estimated_pwx_calls": {"first_attempts": len(structures) - quarantined,
-                                "at_most": (len(structures) - quarantined) * oracle.max_attempts},
+        "kpoints_per_structure": kp,
+        "estimated_pwx_calls": calls,
         "inputs": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -277,11 +281,11 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         print(f"    {key}: {n}")
     if quarantined:
         print(f"  quarantined by preflight (overlapping atoms): {quarantined}")
-    print(f"  k-points per structure: {summary['kpoints_per_structure']['min']}-"
-          f"{summary['kpoints_per_structure']['max']} (total {sum(kpoints)})")
-    calls = summary["estimated_pwx_calls"]
-    print(f"  pw.x calls: {calls['first_attempts']} first attempts, at most {calls['at_most']} "
-          "with retries")
+    print(f"  k-points per structure: {kp['min']}-{kp['max']} (total {kp['total']})")
+    print(
+        f"  pw.x calls: {calls['first_attempts']} first attempts, at most {calls['at_most']} "
+        "with retries"
+    )
     print(f"  pacemaker input: {trainer_dir / 'input.yaml'}")
     return EXIT_OK
 
