@@ -19,7 +19,7 @@ from parsl.executors import HighThroughputExecutor  # noqa: E402
 from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost  # noqa: E402
 from parsl.providers import LocalProvider, SlurmProvider  # noqa: E402
 
-from mlip_autopipec.errors import UsageError  # noqa: E402
+from mlip_autopipec.errors import AutopipecError, UsageError  # noqa: E402
 from mlip_autopipec.execution import parsl_engine as pe  # noqa: E402
 
 SLURM = {
@@ -235,6 +235,36 @@ def test_lost_worker_errors_are_recognised() -> None:
 
     ManagerLostLookalike.__name__ = "ManagerLost"
     assert not pe.is_lost_worker_error(ManagerLostLookalike())
+
+
+def test_parsl_failures_become_execution_errors() -> None:
+    from parsl.executors.errors import BadStateException
+
+    lost = pe.as_execution_error(ManagerLost(b"abc", "node7"), Path("/runs/x/parsl"))
+    assert isinstance(lost, pe.LostWorkerError)
+    assert isinstance(lost, AutopipecError)  # the runner stops and requeues, never quarantines
+    assert pe.is_lost_worker_error(lost)
+    assert "/runs/x/parsl" in str(lost)
+
+    report = Exception(
+        "Error 1:\n\tFailed to start block 0: Could not read job ID; recode=1, stdout=, "
+        "stderr=sbatch: error: invalid partition specified: gpu9\n"
+        "sbatch: error: Batch job submission failed\n\nError 2:\n\tFailed to start block 1: ..."
+    )
+
+    class _Executor:
+        label = "autopipec"
+
+    broken = pe.as_execution_error(BadStateException(_Executor(), report))  # type: ignore[arg-type]
+    assert type(broken) is pe.ExecutionError
+    assert not pe.is_lost_worker_error(broken)
+    assert str(broken) == (
+        "the parsl engine failed: sbatch failed: sbatch: error: invalid partition specified: "
+        "gpu9 / sbatch: error: Batch job submission failed"
+    )
+    # errors raised by the attempt function itself are left alone
+    own = ValueError("bad input")
+    assert pe.as_execution_error(own) is own
 
 
 def test_retry_handler_retries_only_lost_workers() -> None:

@@ -19,6 +19,7 @@ from execution_helpers import fast_parsl_cfg, si_request
 pytest.importorskip("parsl", reason="the cluster extra (parsl) is not installed")
 
 from mlip_autopipec.execution.parsl_engine import (  # noqa: E402
+    LostWorkerError,
     is_lost_worker_error,
     make_parsl_executor,
 )
@@ -148,7 +149,7 @@ def test_lost_worker_surfaces_and_a_requeue_completes(tmp_path: Path) -> None:
     with make_parsl_executor(cfg, 1, run_dir=tmp_path / "parsl") as ex:
         future: Future[Any] = ex.submit(run_attempt, request)
         _cancel_when_running(attempt)
-        with pytest.raises(Exception) as info:
+        with pytest.raises(LostWorkerError) as info:
             future.result(timeout=90)
         assert is_lost_worker_error(info.value), repr(info.value)
         # what the runner does: same request, state unchanged, not counted as a pw.x failure
@@ -226,6 +227,25 @@ def test_recipe_with_parsl_slurm_gives_the_local_labels(tmp_path: Path) -> None:
     assert_same_labels(labels(tmp_path / "slurm"), labels(tmp_path / "local"))
     # Parsl's files live inside the run directory
     assert list((tmp_path / "slurm" / "parsl").glob("*/submit_scripts/parsl.autopipec.block-*"))
+    assert_nothing_left(tmp_path)
+
+
+def test_pilot_jobs_slurm_refuses_stop_the_run_without_failing_structures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlip_autopipec.cli import main
+    from mlip_autopipec.lifecycle.store import Store
+
+    execution = SLURM_EXECUTION.replace("provider: slurm", "provider: slurm\n    partition: nosuch")
+    recipe = write_recipe(tmp_path / "bad.yaml", execution)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label"]) == 1
+    err = capsys.readouterr().err
+    assert "autopipec: error: the parsl engine failed: sbatch failed:" in err
+    assert "invalid partition specified: nosuch" in err
+    assert "Traceback" not in err
+    with Store.open(run_dir, create=False) as store:
+        assert store.counts()["pending"] == 3  # requeued, nothing quarantined
     assert_nothing_left(tmp_path)
 
 

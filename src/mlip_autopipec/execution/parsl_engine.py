@@ -9,10 +9,14 @@ Parsl is an optional extra (``pip install 'mlip-autopipec[cluster]'``); it is im
 the local engine never needs it. The DataFlowKernel always lives inside a ``with`` block: leaving
 it (normally or by an exception) shuts the interchange down and cancels every pilot job.
 
-Lost workers (a pilot job scancelled or hitting its walltime mid-attempt) make the task's future
-raise ``ManagerLost``/``WorkerLost``. Parsl itself retries such tasks ``lost_worker_retries``
-times (only those: an attempt never raises for pw.x failures); when the retries are exhausted the
-runner sees the exception and should requeue the attempt, see :func:`is_lost_worker_error`.
+Lost workers (a pilot job scancelled or hitting its walltime mid-attempt) make the task fail
+with Parsl's ``ManagerLost``/``WorkerLost``. Parsl itself retries such tasks
+``lost_worker_retries`` times (only those: an attempt never raises for pw.x failures), in the
+same attempt folder after setting the lost try's files aside (``attempt-NN.lost-<k>``). When the
+retries are used up the future raises :class:`LostWorkerError`; any other Parsl failure (sbatch
+refused the pilot job, the executor broke) raises :class:`ExecutionError`. Both are
+``AutopipecError``s, so the runner stops and requeues instead of quarantining a structure; see
+:func:`is_lost_worker_error` for requeueing lost attempts without stopping.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlip_autopipec import process
-from mlip_autopipec.errors import UsageError
+from mlip_autopipec.errors import AutopipecError, UsageError
 
 if TYPE_CHECKING:
     from parsl.config import Config
@@ -88,6 +92,47 @@ _KNOWN_KEYS = frozenset(
         "status_poll_seconds",
     }
 )
+
+
+class ExecutionError(AutopipecError):
+    """The cluster engine failed, not pw.x: pilot jobs cannot start, the executor broke.
+
+    Futures raise it (with Parsl's exception as ``__cause__``) instead of Parsl's own types, so
+    the runner stops the run and requeues the structure rather than quarantining it.
+    """
+
+
+class LostWorkerError(ExecutionError):
+    """The worker running an attempt vanished (pilot job cancelled or out of walltime) and
+    Parsl's own retries are used up. The attempt itself did not fail: requeue it."""
+
+
+def as_execution_error(exc: BaseException, run_dir: Path | None = None) -> BaseException:
+    """Parsl's infrastructure exceptions as :class:`ExecutionError`; anything else unchanged.
+
+    Exceptions raised by the submitted function itself come back as their own types and are
+    returned as they are.
+    """
+    if isinstance(exc, ExecutionError) or not type(exc).__module__.startswith("parsl."):
+        return exc
+    where = f" (Parsl log and pilot job output: {run_dir})" if run_dir is not None else ""
+    wrapped: ExecutionError
+    if is_lost_worker_error(exc):
+        wrapped = LostWorkerError(f"a pilot job was lost while running an attempt: {exc}{where}")
+    else:
+        wrapped = ExecutionError(f"the parsl engine failed: {_summary(exc)}{where}")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _summary(exc: BaseException) -> str:
+    """One readable line from Parsl's block-failure reports (which repeat per block)."""
+    detail = str(exc).split("\n\nError 2:")[0]
+    if "stderr=" in detail:
+        # sbatch refused the pilot job: its own message is what the user needs
+        detail = "sbatch failed: " + detail.split("stderr=", 1)[1]
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    return " / ".join(lines) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -457,8 +502,15 @@ class ParslExecutor:
     is forgotten here, and the remote attempt stops when the pilot jobs are cancelled on exit.
     """
 
-    def __init__(self, dfk: DataFlowKernel, settings: ParslSettings, max_workers: int):
+    def __init__(
+        self,
+        dfk: DataFlowKernel,
+        settings: ParslSettings,
+        max_workers: int,
+        run_dir: Path | None = None,
+    ):
         self._dfk = dfk
+        self._run_dir = run_dir
         self._settings = settings
         self._prefix = launcher_argv(settings)
         self._app: Callable[..., Future[Any]] | None = None
@@ -498,7 +550,7 @@ class ParslExecutor:
                 if exc is None:
                     outer.set_result(done.result())
                 else:
-                    outer.set_exception(exc)
+                    outer.set_exception(as_execution_error(exc, self._run_dir))
             except InvalidStateError:  # the runner cancelled ``outer`` meanwhile
                 pass
 
@@ -561,7 +613,7 @@ def make_parsl_executor(
             workers = max(1, (os.cpu_count() or 1) // settings.cores_per_task)
         dfk = DataFlowKernel(build_config(settings, workers, run_dir))
         try:
-            yield ParslExecutor(dfk, settings, _capacity(settings, workers))
+            yield ParslExecutor(dfk, settings, _capacity(settings, workers), run_dir)
         finally:
             try:
                 # Job status polling stops here, so read the block states before cleanup.
