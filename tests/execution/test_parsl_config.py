@@ -290,8 +290,9 @@ def test_run_task_reraises_the_functions_error(tmp_path: Path) -> None:
         pe.run_task(boom)
 
 
-def test_run_task_stops_pw_x_children_on_sigterm(tmp_path: Path) -> None:
-    """A worker killed by SIGTERM must not leave its (own-session) child process running."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_task_stops_pw_x_children_on_sigterm_and_sigint(tmp_path: Path, signum: int) -> None:
+    """A worker stopped by a signal must not leave its (own-session) child process running."""
     marker = tmp_path / "child.pid"
     script = textwrap.dedent(
         f"""
@@ -302,14 +303,14 @@ def test_run_task_stops_pw_x_children_on_sigterm(tmp_path: Path) -> None:
         run_task(run_process, argv, Path("{tmp_path}"))
         """
     )
-    worker = subprocess.Popen([sys.executable, "-c", script])
+    worker = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not (marker.exists() and marker.read_text().strip()):
         assert time.monotonic() < deadline, "child never started"
         time.sleep(0.05)
     child = int(marker.read_text())
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == -signal.SIGTERM
+    worker.send_signal(signum)
+    assert worker.wait(timeout=30) == -signum  # died from the signal, as without run_task
     with pytest.raises(ProcessLookupError):
         for _ in range(50):
             os.kill(child, 0)

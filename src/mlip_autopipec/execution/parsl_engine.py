@@ -480,13 +480,20 @@ def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     try:
         thread = threading.Thread(target=target, name="autopipec-task", daemon=True)
         thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-            if received:
-                process.terminate_all()
-                thread.join(process.KILL_GRACE + 1)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            while thread.is_alive():
+                thread.join(0.2)
+                if received:
+                    process.terminate_all()
+                    thread.join(process.KILL_GRACE + 1)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches a local-provider worker too (same terminal process group), but
+            # not pw.x in its own session.
+            process.terminate_all()
+            thread.join(process.KILL_GRACE + 1)
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     if "error" in outcome:
