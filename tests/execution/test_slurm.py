@@ -18,6 +18,7 @@ from execution_helpers import fast_parsl_cfg, si_request
 
 pytest.importorskip("parsl", reason="the cluster extra (parsl) is not installed")
 
+from mlip_autopipec import process  # noqa: E402
 from mlip_autopipec.execution.parsl_engine import (  # noqa: E402
     LostWorkerError,
     is_lost_worker_error,
@@ -239,7 +240,12 @@ def test_pilot_jobs_slurm_refuses_stop_the_run_without_failing_structures(
     execution = SLURM_EXECUTION.replace("provider: slurm", "provider: slurm\n    partition: nosuch")
     recipe = write_recipe(tmp_path / "bad.yaml", execution)
     run_dir = tmp_path / "run"
-    assert main(["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label"]) == 1
+    try:
+        assert main(["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label"]) == 1
+    finally:
+        # the runner's stop calls process.terminate_all(), which refuses new processes in
+        # this (pytest) process until reset
+        process.reset()
     err = capsys.readouterr().err
     assert "autopipec: error: the parsl engine failed: sbatch failed:" in err
     assert "invalid partition specified: nosuch" in err
@@ -294,7 +300,7 @@ def test_scancel_during_a_recipe_run_keeps_the_labels(tmp_path: Path) -> None:
     canceller.join(5)
     assert cancelled, "the pilot job was never cancelled"
     with Store.open(run_dir, create=False) as store:
-        rows = store.structure_rows()
+        rows = [(r["source"], r["state"], r["failure"]) for r in store.structure_rows()]
     assert counts["labelled"] == 3 and counts["failed"] == 0, rows
     assert_same_labels(labels(run_dir), labels(tmp_path / "local"))
     with Store.open(run_dir, create=False) as store:
