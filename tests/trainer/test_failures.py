@@ -86,3 +86,16 @@ def test_bad_input_is_rejected_before_running(tmp_path: Path):
     with pytest.raises(TrainerError, match="at least 2"):
         fit_potential(atoms[:1], {}, tmp_path / "fit")
     assert not (tmp_path / "fit").exists()  # rejected before anything is written
+
+
+def test_tensorpot_without_tensorpotential_is_explained(tmp_path: Path):
+    import importlib.util
+
+    from mlip_autopipec.trainer.fit import resolve_command
+
+    if importlib.util.find_spec("tensorpotential") is not None:
+        pytest.skip("tensorpotential is installed here")
+    if Path(resolve_command("pacemaker")[0]).parent != Path(sys.executable).parent:
+        pytest.skip("pacemaker is not this environment's")
+    with pytest.raises(TrainerError, match="tensorpotential"):
+        fit_potential(_labelled(), {"backend": "tensorpot"}, tmp_path / "fit")

@@ -190,6 +190,24 @@ def _check(result: ProcessResult, what: str, workdir: Path, log: Path | None) ->
         raise TrainerError(f"{what} {how}; see {logs}\n{tail}".rstrip(), workdir)
 
 
+def _check_backend(backend: str, argv: Sequence[str], workdir: Path) -> None:
+    """Fail early and clearly when ``tensorpot`` is asked for but not installed here.
+
+    Only checked when pacemaker is this environment's own (else we cannot know).
+    """
+    if backend != "tensorpot" or Path(argv[0]).parent != Path(sys.executable).parent:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorpotential") is None:
+        raise TrainerError(
+            "trainer.backend: tensorpot needs the optional tensorpotential package "
+            "(pip install 'mlip-autopipec[tensorpot]', ~2 GB with tensorflow-cpu); "
+            "or use backend: pyace",
+            workdir,
+        )
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -267,6 +285,7 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
     )
 
     argv = resolve_command(cfg["command"])
+    _check_backend(str(cfg["backend"]), argv, workdir)
     timeout = float(cfg["timeout"])
     log = workdir / LOG
     result = _run([*argv, INPUT_YAML, "-l", LOG], workdir, "pacemaker", timeout)
