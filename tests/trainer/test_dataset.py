@@ -114,3 +114,13 @@ def test_missing_labels_is_a_clear_error():
     atoms = si_cells(1)[0]
     with pytest.raises(TrainerError, match="no labels"):
         build_dataframe([atoms], ["1"], {"Si": 0.0}, None)
+
+
+def test_free_energy_is_fitted_when_it_differs():
+    atoms = si_cells(1)[0]
+    forces = np.zeros((len(atoms), 3))
+    atoms.calc = SinglePointCalculator(atoms, energy=-10.0, free_energy=-10.2, forces=forces)
+    df = build_dataframe([atoms], ["1"], {"Si": 0.0}, None)
+    assert df["energy_dft"].iloc[0] == pytest.approx(-10.2)
+    atoms.calc = SinglePointCalculator(atoms, energy=-10.0, forces=forces)
+    assert build_dataframe([atoms], ["1"], {"Si": 0.0}, None)["energy"].iloc[0] == -10.0

@@ -30,11 +30,16 @@ def structure_id(atoms: Atoms, index: int) -> str:
 
 
 def dft_labels(atoms: Atoms, sid: str) -> tuple[float, np.ndarray]:
-    """Energy and forces stored on ``atoms`` (its SinglePointCalculator), validated."""
+    """Free energy (else energy) and forces stored on ``atoms``, validated."""
     if atoms.calc is None:
         raise TrainerError(f"structure {sid} has no labels (no calculator attached)")
     try:
-        energy = float(atoms.get_potential_energy())
+        # Forces are derivatives of the free energy (with smearing): fit that when present.
+        # pw.x's "!" energy is already the free energy, so for pw.x labels both are equal.
+        try:
+            energy = float(atoms.get_potential_energy(force_consistent=True))
+        except PropertyNotImplementedError:
+            energy = float(atoms.get_potential_energy())
         forces = np.array(atoms.get_forces(), dtype=float)
     except (PropertyNotImplementedError, RuntimeError) as exc:
         raise TrainerError(f"structure {sid} lacks energy or forces: {exc}") from exc
