@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     per_task = (t_parsl - t_local) / args.n
     per_task_steady = max(0.0, t_parsl - t_local - fixed) * args.workers / args.n
     figures = {
+        "parsl_first_result_s": round(first_parsl, 2),
+        "local_first_result_s": round(first_local, 2),
+        "parsl_stop_s": round(stop_parsl, 2),
         "structures": args.n,
         "workers": args.workers,
         "pwx_mean_s": round(pw_mean, 3),

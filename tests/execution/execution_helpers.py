@@ -82,7 +82,8 @@ def fast_parsl_cfg(provider: str, **extra: Any) -> dict[str, Any]:
         "provider": provider,
         "walltime": "00:10:00",
         "heartbeat_period": 2,
-        "heartbeat_threshold": 6,
+        # low enough for quick lost-worker tests, high enough for a loaded 2-core CI machine
+        "heartbeat_threshold": 10,
         "status_poll_seconds": 2,
         "worker_init": worker_init,
     }
