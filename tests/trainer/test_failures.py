@@ -99,3 +99,27 @@ def test_tensorpot_without_tensorpotential_is_explained(tmp_path: Path):
         pytest.skip("pacemaker is not this environment's")
     with pytest.raises(TrainerError, match="tensorpotential"):
         fit_potential(_labelled(), {"backend": "tensorpot"}, tmp_path / "fit")
+
+
+@pytest.mark.pacemaker
+def test_rerun_after_a_failure_retries_training_only(tmp_path: Path):
+    from conftest import pacemaker_available
+
+    if not pacemaker_available():
+        pytest.skip("pacemaker not installed")
+    # Only 2-atom cells: the held-out cell's two force norms are equal (Newton's third law),
+    # which makes pacemaker 0.4.0rc1 crash in its final histogram after saving everything.
+    atoms = _labelled(12)[::3]
+    workdir = tmp_path / "trainer" / "fit-001"
+    with pytest.raises(TrainerError):
+        fit_potential(atoms, {"command": [sys.executable, str(FAKE), "nopot"]}, workdir)
+    assert not (tmp_path / "trainer" / "current.json").exists()
+    # same folder, real pacemaker: the stale log is replaced and the fit completes
+    cfg = {"max_basis_size": 3, "max_epochs": 3, "test_fraction": 0.25}
+    fit = fit_potential(atoms, cfg, workdir)
+    assert fit.yace.is_file() and fit.pacemaker_version == "0.4.0rc1"
+    assert "fake" not in fit.log.read_text()
+    assert json.loads((tmp_path / "trainer" / "current.json").read_text())["fit_dir"] == "fit-001"
+    assert len(fit.test_ids) == 1
+    assert len(fit.notes) == 1 and "plotting" in fit.notes[0]
+    assert fit.rmse_energy_mev_per_atom["test"] is not None

@@ -100,6 +100,8 @@ class FitResult:
     log: Path
     backend: str = "pyace"
     metrics_source: dict[str, str] = field(default_factory=dict)
+    #: Things the user should know that did not stop the fit.
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict; paths relative to ``workdir`` so a run directory can be moved."""
@@ -108,6 +110,7 @@ class FitResult:
             if isinstance(value, Path):
                 out[key] = os.path.relpath(value, self.workdir) if key != "workdir" else str(value)
         out["train_ids"] = list(self.train_ids)
+        out["notes"] = list(self.notes)
         out["test_ids"] = list(self.test_ids)
         return out
 
@@ -121,6 +124,7 @@ class FitResult:
             kwargs[key] = workdir / data[key] if data.get(key) is not None else None
         kwargs["train_ids"] = tuple(data["train_ids"])
         kwargs["test_ids"] = tuple(data["test_ids"])
+        kwargs["notes"] = tuple(data.get("notes", ()))
         return cls(**kwargs)
 
 
@@ -208,6 +212,28 @@ def _check_backend(backend: str, argv: Sequence[str], workdir: Path) -> None:
         )
 
 
+def _only_plotting_failed(result: ProcessResult, workdir: Path, has_test: bool) -> bool:
+    """True when pacemaker failed only in its final plots, with every output already saved.
+
+    pacemaker 0.4.0rc1 draws 150-bin histograms of the force norms after writing
+    ``*_pred.pckl.gzip``; numpy refuses when they all coincide (Newton's third law makes
+    that so for any set of 2-atom cells). The fit itself is complete then.
+    """
+    if result.returncode == 0 or result.timed_out or result.stopped:
+        return False
+    if result.killed_by_signal or result.stderr_path is None or not result.stderr_path.is_file():
+        return False
+    needed = [
+        POTENTIAL_YAML,
+        "train_pred.pckl.gzip",
+        *(["test_pred.pckl.gzip"] if has_test else []),
+    ]
+    if not all((workdir / name).is_file() for name in needed):
+        return False
+    tail = result.stderr_path.read_text(errors="replace")[-5000:]
+    return "plot_analyse_error_distributions" in tail and "finite-sized bins" in tail
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -289,7 +315,15 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
     timeout = float(cfg["timeout"])
     log = workdir / LOG
     result = _run([*argv, INPUT_YAML, "-l", LOG], workdir, "pacemaker", timeout)
-    _check(result, "pacemaker", workdir, log)
+    notes: list[str] = []
+    if _only_plotting_failed(result, workdir, bool(test_ids)):
+        notes.append(
+            "pacemaker crashed while plotting its error histograms (a known pacemaker "
+            "limitation when all force norms of a set are equal, e.g. a test set of 2-atom "
+            f"cells) after saving the potential and predictions; see {result.stderr_path}"
+        )
+    else:
+        _check(result, "pacemaker", workdir, log)
     if not (workdir / POTENTIAL_YAML).is_file():
         raise TrainerError(
             f"pacemaker exited normally but left no {POTENTIAL_YAML}; see {log}\n{_tail(log)}",
@@ -351,6 +385,7 @@ def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir:
             "train": train_err.source,
             **({"test": test_err.source} if test_err else {}),
         },
+        notes=tuple(notes),
     )
     _write_json_atomic(workdir / POTENTIAL_JSON, fit.to_dict())
     # Only a complete fit moves the pointer: a failed rerun leaves the previous one current.
