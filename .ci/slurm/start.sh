@@ -7,8 +7,9 @@
 # configuration through /etc/slurm/slurm.conf (a symlink this script creates when none exists) or
 # through `export SLURM_CONF=$SLURM_CI_DIR/slurm.conf`.
 #
-# Exit codes: 0 ready (sinfo shows the node idle), 1 daemons did not come up, 2 cannot run here
-# (not root, not Debian/apt). .ci/slurm/stop.sh stops exactly the daemons started here.
+# Exit codes: 0 ready (sinfo shows the node idle; also when it already runs), 1 daemons did not
+# come up, 2 cannot run here (not root, not Debian/apt). .ci/slurm/stop.sh stops exactly the
+# daemons started here.
 set -euo pipefail
 
 DIR="${SLURM_CI_DIR:-/tmp/autopipec-slurm}"
@@ -36,7 +37,11 @@ for exe in munged slurmctld slurmd sinfo; do
 done
 
 if [[ -f "$DIR/slurmctld.pid" ]] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
-    die "a Slurm started by this script is already running ($DIR); run .ci/slurm/stop.sh first"
+    if SLURM_CONF="$DIR/slurm.conf" sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
+        echo "slurm-ci: already running ($DIR); .ci/slurm/stop.sh stops it"
+        exit 0
+    fi
+    die "a Slurm started by this script runs but does not answer ($DIR/log); run .ci/slurm/stop.sh"
 fi
 
 mkdir -p "$DIR"/{state,spool,log,munge}

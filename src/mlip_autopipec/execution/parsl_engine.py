@@ -423,8 +423,9 @@ def _retry_only_lost_workers(retries: int) -> Callable[[BaseException, TaskRecor
 def is_lost_worker_error(exc: BaseException) -> bool:
     """True when ``exc`` (raised by a future) means the worker vanished, not the attempt.
 
-    The runner must then requeue the same attempt (same number, same directory) without
-    counting it as a pw.x failure and without changing the structure's state.
+    Recognises Parsl's ``ManagerLost``/``WorkerLost`` and :class:`LostWorkerError` (which
+    wraps them). Such an attempt did not fail: resubmit the same request (same number, same
+    directory) without recording a result or changing the structure's state.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
