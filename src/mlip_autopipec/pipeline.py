@@ -183,6 +183,8 @@ def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
         test_ids=[int(i) for i in fit.test_ids],
     )
     store.mark_trained([int(i) for i in (*fit.train_ids, *fit.test_ids)], pid)
+    for note in getattr(fit, "notes", ()) or ():
+        _say(f"autopipec: note: {note}")
     e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
     _say(
         f"autopipec: potential {fit.yace} (train {len(fit.train_ids)}, test {len(fit.test_ids)}); "

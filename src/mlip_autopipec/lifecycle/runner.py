@@ -97,6 +97,18 @@ def _default_from_dict() -> Callable[[dict[str, Any]], Any]:
     return from_dict
 
 
+#: How often one structure's attempt is resubmitted after its worker was lost.
+MAX_LOST_RESUBMITS = 3
+
+
+def _is_lost_worker(exc: BaseException) -> bool:
+    try:
+        from mlip_autopipec.execution.parsl_engine import is_lost_worker_error
+    except ImportError:  # parsl not installed: the local pool never loses workers
+        return False
+    return bool(is_lost_worker_error(exc))
+
+
 class _Stop:
     """Signal bookkeeping: the handler only records; the loop does the work."""
 
@@ -140,6 +152,7 @@ class _Runner:
         self.atoms: dict[int, Any] = {}
         self.stop = _Stop()
         self.attempts = store.total_attempts()
+        self.lost: dict[int, int] = {}
         self.counts = store.counts()
 
     # -- bookkeeping helpers ------------------------------------------------------------
@@ -235,21 +248,19 @@ class _Runner:
         sid, request = self.inflight.pop(future)
         try:
             result = future.result()
-        except AutopipecError as exc:
-            # pw.x cannot be run at all (e.g. OracleError): stop the run, keep the structure.
-            self.stop.fatal = exc
-            self._move(sid, "requeue", note=f"stopped: {exc}")
-            self._done(sid)
-            return
-        except Exception as exc:  # a bug in a worker must not take the whole run down
-            self._move(
-                sid,
-                "quarantine",
-                failure_class="worker_error",
-                message=f"attempt {request.number} raised {type(exc).__name__}: {exc}",
-            )
-            self._event(f"structure {sid}: quarantined: worker raised {type(exc).__name__}")
-            self._done(sid)
+        except Exception as exc:
+            if (
+                _is_lost_worker(exc)
+                and self.lost.get(sid, 0) < MAX_LOST_RESUBMITS
+                and not self.stop
+            ):
+                # The machine running the attempt went away (pilot job cancelled, walltime):
+                # not a pw.x failure. Same request again; nothing recorded, no state change.
+                self.lost[sid] = self.lost.get(sid, 0) + 1
+                self._event(f"structure {sid}: worker lost ({exc}); attempt resubmitted")
+                self._submit(sid, request)
+                return
+            self._failed_future(sid, request, exc)
             return
         if self.stop and not result.ok:
             # The attempt was (probably) killed by our own graceful stop: not a diagnosis.
@@ -290,6 +301,23 @@ class _Runner:
             return
         self._move(sid, "retry", result=result)
         self._submit(sid, nxt)
+
+    def _failed_future(self, sid: int, request: Any, exc: BaseException) -> None:
+        if isinstance(exc, AutopipecError):
+            # pw.x cannot be run at all (e.g. OracleError): stop the run, keep the structure.
+            self.stop.fatal = exc
+            self._move(sid, "requeue", note=f"stopped: {exc}")
+            self._done(sid)
+            return
+        # a bug in a worker must not take the whole run down
+        self._move(
+            sid,
+            "quarantine",
+            failure_class="worker_error",
+            message=f"attempt {request.number} raised {type(exc).__name__}: {exc}",
+        )
+        self._event(f"structure {sid}: quarantined: worker raised {type(exc).__name__}")
+        self._done(sid)
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, pending: Iterable[int]) -> dict[str, int]:
@@ -380,6 +408,8 @@ def label_all(
     if handle_signals and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             installed[signum] = signal.signal(signum, runner.stop.handler)
+    # a previous graceful stop in this process must not keep new attempts from starting
+    process.reset()
     try:
         runner.resume()
         counts = runner.run(store.ids_in_state(PENDING))
