@@ -94,7 +94,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(load_schema(), indent=2))
     else:
-        print(schema_reference())
+        sys.stdout.write(schema_reference())
     return EXIT_OK
 
 
