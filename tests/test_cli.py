@@ -223,3 +223,44 @@ def test_dry_run_writes_every_first_input_and_runs_nothing(
     summary = json.loads((run_dir / "dry-run" / "summary.json").read_text())
     assert summary["estimated_pwx_calls"]["first_attempts"] == 3
     assert (run_dir / "dry-run" / "trainer" / "input.yaml").is_file()
+
+
+@needs_pwx
+def test_export_gives_the_stored_labels(tmp_path: Path) -> None:
+    import pandas as pd
+    from ase.io import read
+
+    recipe = _recipe(tmp_path, count=3)
+    run_dir = tmp_path / "run"
+    assert (
+        _cli(
+            "run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    status = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    energies = sorted(s["energy_ev"] for s in status["structures"])
+
+    xyz = _cli("export", str(run_dir), "--format", "extxyz", cwd=tmp_path)
+    assert xyz.returncode == 0, xyz.stderr
+    frames = read(xyz.stdout.strip(), index=":")
+    assert sorted(f.get_potential_energy() for f in frames) == pytest.approx(energies, abs=1e-9)
+    assert all(f.get_forces().shape == (2, 3) for f in frames)
+
+    pkl = _cli(
+        "export",
+        str(run_dir),
+        "--format",
+        "pacemaker",
+        "-o",
+        str(tmp_path / "d.pkl.gz"),
+        cwd=tmp_path,
+    )
+    assert pkl.returncode == 0, pkl.stderr
+    df = pd.read_pickle(tmp_path / "d.pkl.gz", compression="gzip")
+    assert sorted(df["energy"]) == pytest.approx(energies, abs=1e-9)
+    assert {"ase_atoms", "energy", "forces", "energy_corrected"} <= set(df.columns)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _cli("export", str(empty), cwd=tmp_path).returncode == 2

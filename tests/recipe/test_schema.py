@@ -101,7 +101,7 @@ def test_reference_lists_every_key() -> None:
 
 def test_schema_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
-    assert capsys.readouterr().out == schema_reference() + "\n"
+    assert capsys.readouterr().out == schema_reference()
     assert main(["schema", "--json"]) == 0
     assert '"$schema"' in capsys.readouterr().out
 

@@ -1,0 +1,68 @@
+"""The metal recipe runs for real and its retry ladder rescues the cells that need it.
+
+recipes/al_metal.yaml keeps attempts short (electron_maxstep 8); cells that need more SCF steps
+are continued from their saved charge density by the default ladder. (The SiC recipe takes
+about 3 minutes on 2 cores and is validated, not run, in CI.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed")
+def test_al_metal_labels_every_cell_with_the_ladder_at_work(tmp_path: Path) -> None:
+    run_dir = tmp_path / "al"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlip_autopipec",
+            "run",
+            str(ROOT / "recipes" / "al_metal.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--stage",
+            "label",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "mlip_autopipec", "status", str(run_dir), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    rows = status["structures"]
+    assert status["counts"]["labelled"] == len(rows) == 15
+    rescued = [r for r in rows if r["attempts"] > 1]
+    assert rescued, "no cell needed the ladder: the recipe no longer shows it at work"
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert report["counts"] == status["counts"]
+    # every rescue continued from the saved density with more SCF steps: the physics is unchanged
+    from mlip_autopipec.lifecycle.store import Store
+
+    with Store.open(run_dir, create=False) as store:
+        for r in rescued:
+            last = store.attempts_of(r["id"])[-1]
+            assert last["failure_class"] == "converged"
+            assert set(last["params_diff"]) <= {
+                "electrons.electron_maxstep",
+                "electrons.startingpot",
+            }
