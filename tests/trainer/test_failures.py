@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_tensorpot_without_tensorpotential_is_explained(tmp_path: Path):
 
     if importlib.util.find_spec("tensorpotential") is not None:
         pytest.skip("tensorpotential is installed here")
-    if Path(resolve_command("pacemaker")[0]).parent != Path(sys.executable).parent:
+    exe = resolve_command("pacemaker")[0]
+    if Path(shutil.which(exe) or exe).parent != Path(sys.executable).parent:
         pytest.skip("pacemaker is not this environment's")
     with pytest.raises(TrainerError, match="tensorpotential"):
         fit_potential(_labelled(), {"backend": "tensorpot"}, tmp_path / "fit")

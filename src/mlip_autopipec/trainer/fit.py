@@ -199,7 +199,8 @@ def _check_backend(backend: str, argv: Sequence[str], workdir: Path) -> None:
 
     Only checked when pacemaker is this environment's own (else we cannot know).
     """
-    if backend != "tensorpot" or Path(argv[0]).parent != Path(sys.executable).parent:
+    exe = shutil.which(argv[0]) or argv[0]  # a bare name found on PATH counts too
+    if backend != "tensorpot" or Path(exe).parent != Path(sys.executable).parent:
         return
     import importlib.util
 
