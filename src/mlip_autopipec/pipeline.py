@@ -151,13 +151,12 @@ def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
     """
     from mlip_autopipec.trainer.fit import fit_potential, next_fit_dir
 
+    if not store.ids_in_state("labelled") and store.latest_potential() is not None:
+        _say("autopipec: the current potential already covers every labelled structure")
+        return None
     atoms_list = store.labelled_atoms()
     if len(atoms_list) < 2:
         _say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
-        return None
-    newly = store.ids_in_state("labelled")
-    if not newly and store.latest_potential() is not None:
-        _say("autopipec: the current potential already covers every labelled structure")
         return None
     workdir = next_fit_dir(run_dir)
     _say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir}")
@@ -222,7 +221,7 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
     summary: structures per element set, total atoms, k-points, estimated pw.x calls.
     """
     from mlip_autopipec.oracle import EspressoOracle
-    from mlip_autopipec.oracle.attempt import write_attempt_input
+    from mlip_autopipec.oracle.attempt import read_kgrid, write_attempt_input
     from mlip_autopipec.trainer.config import with_defaults
     from mlip_autopipec.trainer.input_yaml import build_input, write_input
 
@@ -245,12 +244,11 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         request = oracle.next_request(str(i), atoms, [], out / f"structure-{i:05d}")
         if request is None:
             continue
-        pwi = write_attempt_input(request)
-        kgrid = _kgrid_of(pwi)
+        kgrid = read_kgrid(write_attempt_input(request).read_text())
         if kgrid:
             kpoints.append(kgrid[0] * kgrid[1] * kgrid[2])
     cfg = with_defaults(recipe.trainer)
-    elements = sorted(cfg["elements"] or {s for x in structures for s in x.atoms.symbols})
+    elements = sorted(cfg["elements"])  # load_recipe defaults it to the structures' elements
     trainer_dir = out / "trainer"
     trainer_dir.mkdir(exist_ok=True)
     write_input(
@@ -290,12 +288,3 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
     )
     print(f"  pacemaker input: {trainer_dir / 'input.yaml'}")
     return EXIT_OK
-
-
-def _kgrid_of(pwi: Path) -> tuple[int, int, int] | None:
-    lines = pwi.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().upper().startswith("K_POINTS") and "automatic" in line.lower():
-            parts = lines[i + 1].split()
-            return int(parts[0]), int(parts[1]), int(parts[2])
-    return None

@@ -148,7 +148,7 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _kgrid(pwi_text: str) -> tuple[int, int, int] | None:
+def read_kgrid(pwi_text: str) -> tuple[int, int, int] | None:
     """The Monkhorst-Pack grid ASE wrote (K_POINTS automatic), or (1,1,1) for gamma."""
     lines = pwi_text.splitlines()
     for i, line in enumerate(lines):
@@ -278,7 +278,7 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
     diag = diagnose(returncode, pwo_text, err_text, crash_text, timed_out)
     scf = parse_scf(pwo_text)
     common: dict[str, Any] = {
-        "kgrid": _kgrid(_read_text(directory / template.inputname)),
+        "kgrid": read_kgrid(_read_text(directory / template.inputname)),
         "n_scf": scf.n_scf,
         "scf_accuracy_ev": scf.scf_accuracy_ev,
         "scf_history_ev": scf.scf_history_ev,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.io.espresso import kspacing_to_grid
 from ase.io.formats import ioformats
 from ase.neighborlist import neighbor_list
 
@@ -45,6 +46,8 @@ class _Checker:
         self.pos = pos
         self.base_dir = base_dir
         self.out: list[Diagnostic] = []
+        #: frames read from each file entry (by entry index), read once, checked twice
+        self.frames: dict[int, list[tuple[int, Atoms]]] = {}
 
     def add(self, path: Path_, message: str, *, key: bool = False, warning: bool = False) -> None:
         line, col = self.pos.at(path, key=key)
@@ -131,7 +134,7 @@ def _check_structures(
                 ok = False
                 continue
             try:
-                frames = read_frames(entry, c.base_dir)
+                frames = c.frames[i] = read_frames(entry, c.base_dir)
             except IndexError as exc:
                 where = (*path, "index") if "index" in entry else (*path, "file")
                 c.add(where, _short(exc))
@@ -163,8 +166,6 @@ def _check_structures(
 
 
 def _grid(atoms: Atoms, kspacing: float) -> str:
-    from ase.io.espresso import kspacing_to_grid
-
     return "x".join(str(k) for k in kspacing_to_grid(atoms, kspacing))
 
 
@@ -197,7 +198,7 @@ def _check_kgrid_consistency(
                     else ("structures", i, "bulk")
                 )
             else:
-                for n, atoms in read_frames(entry, c.base_dir):
+                for n, atoms in c.frames.get(i, []):
                     if atoms.cell.rank == 3:
                         families.setdefault(atoms.get_chemical_formula(), []).append(
                             (f"frame {n}", _grid(atoms, kspacing))
