@@ -18,6 +18,7 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
+from cli_runner import run_cli
 from mlip_autopipec.cli import main
 from mlip_autopipec.lifecycle.lock import RunLock
 
@@ -45,17 +46,6 @@ def _recipe(tmp_path: Path, count: int = 3, extra: str = "") -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(SMALL_RECIPE.format(count=count) + extra)
     return path
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlip_autopipec", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -108,13 +98,13 @@ def test_locked_run_directory_exits_2(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
     run_dir = tmp_path / "run"
     assert (
-        _cli(
+        run_cli(
             "run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path
         ).returncode
         == 0
     )
     with RunLock(run_dir):
-        proc = _cli("run", str(recipe), "--run-dir", str(run_dir), cwd=tmp_path)
+        proc = run_cli("run", str(recipe), "--run-dir", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 2
     assert f"locked by PID {os.getpid()}" in proc.stderr
 
@@ -132,9 +122,9 @@ def test_quarantined_structure_gives_exit_1_and_keeps_the_rest(tmp_path: Path) -
         )
     )
     run_dir = tmp_path / "run"
-    proc = _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path)
+    proc = run_cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    status = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    status = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     failed = [s for s in status["structures"] if s["state"] == "failed"]
     assert len(failed) == 1
     assert failed[0]["failure"].startswith("overlapping_atoms: atoms 0 (Si) and 1 (Si) are 0.200")
@@ -147,7 +137,7 @@ def _wait_for_labels(run_dir: Path, n: int, proc: subprocess.Popen[str], timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         if (run_dir / "autopipec.sqlite").is_file():
-            status = _cli("status", str(run_dir), "--json", cwd=run_dir.parent)
+            status = run_cli("status", str(run_dir), "--json", cwd=run_dir.parent)
             if status.returncode == 0 and json.loads(status.stdout)["counts"]["labelled"] >= n:
                 return
         time.sleep(0.2)
@@ -188,16 +178,18 @@ def test_interrupted_run_exits_128_plus_signal_and_resumes(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, err
-    interrupted = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    interrupted = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     assert interrupted["counts"]["running"] == 0 and interrupted["counts"]["scf_retry"] == 0
     done_before = {
         s["id"]: s["energy_ev"] for s in interrupted["structures"] if s["state"] == "labelled"
     }
     assert 2 <= len(done_before) < 9
 
-    resumed = _cli("run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path)
+    resumed = run_cli(
+        "run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
-    final = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    final = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     assert final["counts"]["labelled"] == len(final["structures"]) == 9  # base cell + 8 strains
     energies = {s["id"]: s["energy_ev"] for s in final["structures"]}
     # finished labels were kept as they were, not recomputed (one attempt each)
@@ -233,21 +225,21 @@ def test_export_gives_the_stored_labels(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, count=3)
     run_dir = tmp_path / "run"
     assert (
-        _cli(
+        run_cli(
             "run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path
         ).returncode
         == 0
     )
-    status = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    status = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     energies = sorted(s["energy_ev"] for s in status["structures"])
 
-    xyz = _cli("export", str(run_dir), "--format", "extxyz", cwd=tmp_path)
+    xyz = run_cli("export", str(run_dir), "--format", "extxyz", cwd=tmp_path)
     assert xyz.returncode == 0, xyz.stderr
     frames = read(xyz.stdout.strip(), index=":")
     assert sorted(f.get_potential_energy() for f in frames) == pytest.approx(energies, abs=1e-9)
     assert all(f.get_forces().shape == (2, 3) for f in frames)
 
-    pkl = _cli(
+    pkl = run_cli(
         "export",
         str(run_dir),
         "--format",
@@ -263,4 +255,4 @@ def test_export_gives_the_stored_labels(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert _cli("export", str(empty), cwd=tmp_path).returncode == 2
+    assert run_cli("export", str(empty), cwd=tmp_path).returncode == 2

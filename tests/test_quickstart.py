@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
@@ -25,14 +27,7 @@ pytestmark = [
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlip_autopipec", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(*args, cwd=cwd, timeout=1200)
 
 
 def test_quickstart_recipe_end_to_end(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,33 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed")
 def test_al_metal_labels_every_cell_with_the_ladder_at_work(tmp_path: Path) -> None:
     run_dir = tmp_path / "al"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlip_autopipec",
-            "run",
-            str(ROOT / "recipes" / "al_metal.yaml"),
-            "--run-dir",
-            str(run_dir),
-            "--stage",
-            "label",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
+    recipe = ROOT / "recipes" / "al_metal.yaml"
+    proc = run_cli(
+        "run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", cwd=tmp_path, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    status = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "mlip_autopipec", "status", str(run_dir), "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    status = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
     rows = status["structures"]
     assert status["counts"]["labelled"] == len(rows) == 15
     rescued = [r for r in rows if r["attempts"] > 1]
