@@ -186,9 +186,13 @@ def test_walltime_continues_from_the_saved_density(tmp_path: Path) -> None:
         electrons={"mixing_beta": 0.3},
         retry={"max_attempts": 2},
     )
-    cfg["input_data"]["control"]["max_seconds"] = 1.0
+    cfg["input_data"]["control"]["max_seconds"] = 2.0
     oracle = EspressoOracle(cfg, {"Fe": PSEUDO / "Fe.pz-nd-rrkjus.UPF"})
-    res = label_serially(oracle, "fe", bulk("Fe", "bcc", 2.87, cubic=True), tmp_path)
+    # 4 atoms: ~0.16 s per SCF step, 100 steps do not converge it, so 2 s always stop it
+    # after a dozen steps or so. The 2-atom cell with 1 s converged in 1.5 s on an idle
+    # machine: too close to max_seconds to be sure of the walltime stop.
+    fe4 = bulk("Fe", "bcc", 2.87, cubic=True).repeat((2, 1, 1))
+    res = label_serially(oracle, "fe", fe4, tmp_path)
     assert res[0].failure_class == FailureClass.WALLTIME
     assert res[0].message == "Maximum CPU time exceeded"
     assert (tmp_path / "attempt-01" / "pwscf.save" / "charge-density.dat").is_file()
