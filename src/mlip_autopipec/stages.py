@@ -1,0 +1,251 @@
+"""The stages of a run, each a function ``stage(ctx) -> StageResult`` over the store.
+
+A stage reads what it needs from the store and writes what it made back into it, so the
+driver (``pipeline.py``) can run the stages in a line (build -> label -> train -> report)
+or in a loop (explore -> select -> label -> train, until a stop rule holds) and resume
+after a kill at the stage the store says. Every stage of one run shares one
+:class:`RunContext`: one store, one executor (a Parsl pilot job lives for the whole run),
+one set of pseudopotentials.
+
+Stage functions take only the context; what a stage found goes into the returned
+:class:`StageResult` (``status`` 0 ok, 1 finished with failures) and into the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mlip_autopipec.errors import Interrupted, TrainerError
+
+log = logging.getLogger(__name__)
+
+#: Names of the stages the driver knows, in the order of one pass.
+BUILD, LABEL, TRAIN, REPORT = "build", "label", "train", "report"
+EXPLORE, SELECT = "explore", "select"
+
+
+@dataclass
+class RunContext:
+    """What every stage of one run shares; created once per run by the driver.
+
+    ``executor`` lives for the whole run (labelling, and later fits and MD, submit to it);
+    ``iteration`` is the loop iteration the stages work on (0 = the seed: the recipe's
+    structures).
+    """
+
+    recipe: Any
+    store: Any
+    run_dir: Path
+    executor: Any
+    pseudos: dict[str, Path]
+    workers: int
+    say: Callable[[str], None]
+    iteration: int = 0
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage did: ``status`` 0 ok, 1 finished with failures; ``details`` is
+    JSON-able (stored with the stage's row of the loop table)."""
+
+    name: str
+    status: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Stage = Callable[[RunContext], StageResult]
+
+
+# -- build ---------------------------------------------------------------------------------
+def build(ctx: RunContext) -> StageResult:
+    """Build the recipe's structures and add the new ones to the store (by content hash)."""
+    from mlip_autopipec.recipe import build_structures
+
+    structures = build_structures(ctx.recipe)
+    ids = ctx.store.add_structures(
+        (s.atoms, s.source, getattr(s, "origin", None)) for s in structures
+    )
+    distinct = len(set(ids))
+    ctx.say(
+        f"autopipec: {ctx.recipe.name}: {len(structures)} structures in the recipe "
+        f"({distinct} distinct), run directory {ctx.run_dir}"
+    )
+    return StageResult(BUILD, 0, {"structures": len(structures), "distinct": distinct})
+
+
+# -- label ---------------------------------------------------------------------------------
+def label(ctx: RunContext) -> StageResult:
+    """Label every pending structure with pw.x on the run's executor."""
+    from mlip_autopipec.lifecycle.progress import Progress
+    from mlip_autopipec.lifecycle.runner import label_all
+    from mlip_autopipec.oracle import EspressoOracle, run_attempt
+
+    oracle = EspressoOracle(ctx.recipe.oracle, ctx.pseudos)
+    counts = label_all(ctx.store, oracle, run_attempt, ctx.executor, ctx.run_dir, Progress())
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    ctx.say(f"autopipec: labelling done: {summary}")
+    return StageResult(LABEL, 1 if counts.get("failed", 0) else 0, {"counts": dict(counts)})
+
+
+# -- train ---------------------------------------------------------------------------------
+@contextmanager
+def _graceful_signals() -> Iterator[list[int]]:
+    """During training: SIGINT/SIGTERM stop pacemaker (via process.terminate_all) and
+    are re-raised as :class:`Interrupted` once the child is gone."""
+    from mlip_autopipec import process
+
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        process.terminate_all()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def trainer_fingerprint(trainer_cfg: dict[str, Any]) -> str:
+    """The fingerprint of the trainer settings a fit depends on.
+
+    The trainer's own ``settings_fingerprint`` when it exists; else a hash of the whole
+    ``trainer`` section (stable key order).
+    """
+    try:
+        settings_fingerprint = importlib.import_module(
+            "mlip_autopipec.trainer.fingerprint"
+        ).settings_fingerprint
+    except (ImportError, AttributeError):
+        text = json.dumps(trainer_cfg, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return str(settings_fingerprint(trainer_cfg))
+
+
+def _fit_due(ctx: RunContext) -> str | None:
+    """Why a fit is due now (None: the current potential is up to date)."""
+    current = ctx.store.current_potential()
+    if current is None:
+        return "no potential yet"
+    if ctx.store.ids_in_state("labelled"):
+        return "new labels"
+    settings = current.get("settings")
+    if settings is None:
+        # fitted before schema v2 recorded the settings: nothing to compare against
+        return None
+    old = settings.get("trainer")
+    if old is not None and trainer_fingerprint(old) != trainer_fingerprint(ctx.recipe.trainer):
+        return "the trainer settings changed"
+    return None
+
+
+def train(ctx: RunContext) -> StageResult:
+    """Fit a potential on every labelled structure when one is due (new labels, changed
+    trainer settings or none yet) and record it as the current potential."""
+    from mlip_autopipec.trainer.fit import fit_potential, next_fit_dir
+
+    reason = _fit_due(ctx)
+    if reason is None:
+        ctx.say("autopipec: the current potential already covers every labelled structure")
+        return StageResult(TRAIN, 0, {"fitted": False})
+    atoms_list = ctx.store.labelled_atoms()
+    if len(atoms_list) < 2:
+        ctx.say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
+        return StageResult(TRAIN, 0, {"fitted": False})
+    workdir = next_fit_dir(ctx.run_dir)
+    ctx.say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir} ({reason})")
+    try:
+        with _graceful_signals() as received:
+            try:
+                fit = fit_potential(atoms_list, ctx.recipe.trainer, workdir)
+            except TrainerError:
+                if received:
+                    raise Interrupted(received[0]) from None
+                raise
+        if received:
+            raise Interrupted(received[0])
+    except TrainerError as exc:
+        ctx.say(f"autopipec: error: training failed, labels are kept: {exc}")
+        return StageResult(TRAIN, 1, {"fitted": False, "error": str(exc)})
+    pid = record_fit(ctx, fit)
+    for note in getattr(fit, "notes", ()) or ():
+        ctx.say(f"autopipec: note: {note}")
+    e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
+    ctx.say(
+        f"autopipec: potential {fit.yace} (train {len(fit.train_ids)}, test {len(fit.test_ids)}); "
+        f"RMSE energy train {_fmt(e.get('train'))} / test {_fmt(e.get('test'))} meV/atom, "
+        f"forces train {_fmt(f.get('train'))} / test {_fmt(f.get('test'))} meV/Å"
+    )
+    return StageResult(TRAIN, 0, {"fitted": True, "potential": pid})
+
+
+def record_fit(ctx: RunContext, fit: Any) -> int:
+    """Record ``fit`` and its members as the current potential (one transaction) and move
+    its structures to ``trained``; returns the potential id."""
+    run_dir = ctx.run_dir.resolve()
+    workdir = Path(fit.workdir).resolve()
+    metrics = {
+        "rmse_energy_mev_per_atom": fit.rmse_energy_mev_per_atom,
+        "rmse_forces_mev_per_ang": fit.rmse_forces_mev_per_ang,
+    }
+    settings = {
+        "trainer": ctx.recipe.trainer,
+        "fingerprint": trainer_fingerprint(ctx.recipe.trainer),
+        "baseline": fit.baseline,
+    }
+    pid: int = ctx.store.record_potential(
+        path=os.path.relpath(Path(fit.yace).resolve(), run_dir),
+        metrics=metrics,
+        baseline=fit.baseline,
+        pacemaker_version=fit.pacemaker_version,
+        train_ids=[int(i) for i in fit.train_ids],
+        test_ids=[int(i) for i in fit.test_ids],
+        iteration=ctx.iteration,
+        settings=settings,
+        fit_dir=os.path.relpath(workdir, run_dir),
+    )
+    ctx.store.mark_trained([int(i) for i in (*fit.train_ids, *fit.test_ids)], pid)
+    return pid
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+# -- report --------------------------------------------------------------------------------
+def report(ctx: RunContext) -> StageResult:
+    """Write the HTML report; a broken figure never fails a finished run."""
+    from mlip_autopipec.report import write_report
+
+    try:
+        index = write_report(ctx.run_dir)
+    except Exception as exc:  # noqa: BLE001 - a broken figure must not fail a finished run
+        log.exception("report failed")
+        ctx.say(
+            f"autopipec: warning: could not write the report ({exc}); "
+            f"try 'autopipec report {ctx.run_dir}'"
+        )
+        return StageResult(REPORT, 0, {"written": False, "error": str(exc)})
+    ctx.say(f"autopipec: report {index}")
+    return StageResult(REPORT, 0, {"written": True, "index": str(index)})
+
+
+#: The stages by name (explore/select come from ``mlip_autopipec.explore.loop``).
+STAGES: dict[str, Stage] = {BUILD: build, LABEL: label, TRAIN: train, REPORT: report}
