@@ -5,9 +5,13 @@
     {"counts": {state: n},
      "structures": [{"id", "state", "attempts", "failure", "energy_ev"}],
      "potential": null | {"path", "rmse_energy_mev_per_atom", "rmse_forces_mev_per_ang",
-                          "n_train", "n_test"}}
+                          "n_train", "n_test"},
+     "loop": {"iteration", "stage", "finished", "status"}}   # only once iteration > 0
 
-The potential's RMSE values are the TEST-set figures (structures held out of the fit).
+The potential is the store's current potential (the one ``load_calculator`` loads); its
+``path`` is absolute (the store keeps it relative to the run directory). Its RMSE values
+are the TEST-set figures (structures held out of the fit). ``loop`` is the last stage run
+of an active-learning loop (absent for a one-shot run).
 """
 
 from __future__ import annotations
@@ -50,18 +54,22 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
             }
             for row in store.structure_rows()
         ]
-        latest = store.latest_potential()
+        current = store.current_potential()
+        loop = store.loop_state()
     potential = None
-    if latest is not None:
-        metrics = latest["metrics"]
+    if current is not None:
+        metrics = current["metrics"]
         potential = {
-            "path": latest["path"],
+            "path": str(run_dir / current["path"]),
             "rmse_energy_mev_per_atom": _test_value(metrics.get("rmse_energy_mev_per_atom")),
             "rmse_forces_mev_per_ang": _test_value(metrics.get("rmse_forces_mev_per_ang")),
-            "n_train": latest["n_train"],
-            "n_test": latest["n_test"],
+            "n_train": current["n_train"],
+            "n_test": current["n_test"],
         }
-    return {"counts": counts, "structures": structures, "potential": potential}
+    data: dict[str, Any] = {"counts": counts, "structures": structures, "potential": potential}
+    if loop is not None and loop["iteration"] > 0:
+        data["loop"] = {k: loop[k] for k in ("iteration", "stage", "finished", "status")}
+    return data
 
 
 def render_table(data: dict[str, Any]) -> str:

@@ -1,10 +1,19 @@
 """The run's store: one SQLite database (WAL mode) at ``RUN_DIR/autopipec.sqlite``.
 
-Tables: ``structures`` (content hash, source, atoms as ASE JSON, state, failure reason),
-``transitions`` (every move, in order), ``attempts`` (every pw.x attempt as
-``AttemptResult.to_dict()`` JSON plus indexed columns), ``labels`` (energy, free energy,
-forces, stress in ASE units), ``potentials`` and ``potential_members`` (which structures
-went into which fit, train or test).
+Tables: ``structures`` (content hash, source, origin, iteration, parent potential, gamma,
+atoms as ASE JSON, state, failure reason), ``transitions`` (every move, in order),
+``attempts`` (every pw.x attempt as ``AttemptResult.to_dict()`` JSON plus indexed columns),
+``labels`` (energy, free energy, forces, stress in ASE units; theory key, theory, magnetic
+moments), ``potentials`` (iteration, trainer settings, fit folder) and ``potential_members``
+(which structures went into which fit, train or test), ``loop`` (one row per stage run:
+iteration, stage, started, finished) and ``meta`` (``schema_version``,
+``current_potential``). The schema is versioned: :mod:`mlip_autopipec.lifecycle.migrations`
+upgrades an older database in place when it is opened. Paths are relative to the run
+directory.
+
+The store is the one record of the current potential (:meth:`Store.current_potential`),
+set in the transaction that records the potential and its members; files such as
+``trainer/current.json`` are evidence only.
 
 The runner is the only writer. Every state change goes through :meth:`Store.apply_transition`
 or :meth:`Store.bulk_transition`, which write the state, the log row and the payload in one
@@ -14,6 +23,7 @@ transaction, so a SIGKILL leaves either the whole move or none of it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sqlite3
 import time
@@ -28,6 +38,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import jsonio
 
 from mlip_autopipec.errors import UsageError
+from mlip_autopipec.lifecycle import migrations
 from mlip_autopipec.lifecycle.machine import (
     STATES,
     IllegalTransitionError,
@@ -37,13 +48,15 @@ from mlip_autopipec.lifecycle.machine import (
 )
 
 DB_NAME = "autopipec.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = migrations.LATEST
 
 #: Decimals kept when hashing positions/cell (Å) and magnetic moments: below any physical
 #: difference, above the noise of a text round trip.
 HASH_DECIMALS = 6
 
-_SCHEMA = """
+#: The version-1 tables. A new database starts as version 1 and goes through every
+#: migration, so a fresh run and a migrated one have the same schema by construction.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS structures (
     id INTEGER PRIMARY KEY,
@@ -142,6 +155,42 @@ def _json_array(value: Any) -> str | None:
     return json.dumps(np.asarray(value, dtype=float).tolist())
 
 
+def _json_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _check_database(path: Path) -> None:
+    # The runtime helper's integrity check of an existing run database, when present.
+    try:
+        rundir = importlib.import_module("mlip_autopipec.lifecycle.rundir")
+    except ImportError:  # pragma: no cover - part of the package
+        return
+    check = getattr(rundir, "check_database", None)
+    if check is not None:
+        check(path)
+
+
+#: One structure to add: (atoms, source) or (atoms, source, origin) or
+#: (atoms, source, origin, gamma); origin None means "built from the source".
+StructureItem = tuple[Any, ...]
+
+
 class Store:
     """The SQLite store of one run directory (use :meth:`open`)."""
 
@@ -165,6 +214,9 @@ class Store:
                 "start one with 'autopipec run RECIPE'"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
+        existed = path.is_file()
+        if existed:
+            _check_database(path)
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
@@ -176,15 +228,15 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             if create:
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA_V1)
                 conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1')"
                 )
-            else:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-                if row.fetchone() is None:
-                    raise sqlite3.DatabaseError("no schema version recorded")
+            migrations.migrate(conn, path, backup=existed)
+        except UsageError:
+            if conn is not None:
+                conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
@@ -216,33 +268,74 @@ class Store:
         self._conn.execute("COMMIT")
 
     # -- structures ---------------------------------------------------------------------
-    def add_structure(self, atoms: Atoms, source: str) -> int:
-        """Add one structure (idempotent by :func:`content_hash`); returns its id."""
-        return self.add_structures([(atoms, source)])[0]
+    def add_structure(
+        self,
+        atoms: Atoms,
+        source: str,
+        origin: dict[str, Any] | None = None,
+        iteration: int = 0,
+        parent_potential: int | None = None,
+        gamma: float | None = None,
+        *,
+        state: str = "pending",
+    ) -> int:
+        """Add one structure (idempotent by :func:`content_hash`); returns its id.
 
-    def add_structures(self, items: Iterable[tuple[Atoms, str]]) -> list[int]:
+        ``origin`` says where it came from (JSON-able; default: built from ``source`` by
+        :func:`~mlip_autopipec.lifecycle.migrations.origin_from_source`), ``iteration``
+        the loop iteration that made it (0 = the recipe's seed), ``parent_potential`` the
+        potential that proposed it, ``gamma`` its max extrapolation grade at selection.
+        """
+        return self.add_structures(
+            [(atoms, source, origin, gamma)],
+            iteration=iteration,
+            parent_potential=parent_potential,
+            state=state,
+        )[0]
+
+    def add_structures(
+        self,
+        items: Iterable[StructureItem],
+        *,
+        iteration: int = 0,
+        parent_potential: int | None = None,
+        state: str = "pending",
+    ) -> list[int]:
         """Add many structures in one transaction; returns their ids in order.
 
-        A structure already in the store (same content hash) keeps its id, state and
-        labels, so rerunning a recipe with structures appended only adds the new ones.
+        ``items`` are ``(atoms, source)``, ``(atoms, source, origin)`` or ``(atoms,
+        source, origin, gamma)`` (see :meth:`add_structure`); new structures start in
+        ``state``. A structure already in the store (same content hash) keeps its id,
+        state, provenance and labels, so rerunning a recipe with structures appended only
+        adds the new ones.
         """
-        items = list(items)
-        hashes = [content_hash(a) for a, _ in items]
+        if state not in STATES:
+            raise IllegalTransitionError(f"unknown state {state!r}")
+        rows = [(*item, None, None)[:4] for item in items]
+        hashes = [content_hash(r[0]) for r in rows]
         now = time.time()
         with self.transaction() as conn:
             known = dict(conn.execute("SELECT hash, id FROM structures").fetchall())
             ids: list[int] = []
-            for (atoms, source), digest in zip(items, hashes, strict=True):
+            for (atoms, source, origin, gamma), digest in zip(rows, hashes, strict=True):
                 if digest not in known:
+                    if origin is None:
+                        origin = migrations.origin_from_source(str(source))
                     cur = conn.execute(
-                        "INSERT INTO structures(hash, source, formula, natoms, atoms, state,"
-                        " created, updated) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                        "INSERT INTO structures(hash, source, origin, iteration,"
+                        " parent_potential, gamma, formula, natoms, atoms, state,"
+                        " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             digest,
-                            source,
+                            str(source),
+                            _json_or_none(origin),
+                            int(iteration),
+                            None if parent_potential is None else int(parent_potential),
+                            None if gamma is None else float(gamma),
                             atoms.get_chemical_formula(),
                             len(atoms),
                             _encode_atoms(atoms),
+                            state,
                             now,
                             now,
                         ),
@@ -291,14 +384,18 @@ class Store:
 
     def structure_rows(self) -> list[dict[str, Any]]:
         """One dict per structure: id, source, formula, natoms, state, attempts, failure
-        (``"class: message"`` or None) and energy_ev (None unless labelled)."""
+        (``"class: message"`` or None), energy_ev (None unless labelled), origin,
+        iteration, parent_potential, gamma and theory_key (of the label)."""
         rows = self._conn.execute(
             "SELECT s.id, s.source, s.formula, s.natoms, s.state, s.n_attempts,"
-            " s.failure_class, s.failure_message, l.energy"
+            " s.failure_class, s.failure_message, l.energy, s.origin, s.iteration,"
+            " s.parent_potential, s.gamma, l.theory_key"
             " FROM structures s LEFT JOIN labels l ON l.structure_id = s.id ORDER BY s.id"
         ).fetchall()
         out = []
-        for sid, source, formula, natoms, state, n_att, fclass, fmsg, energy in rows:
+        for row in rows:
+            sid, source, formula, natoms, state, n_att, fclass, fmsg, energy = row[:9]
+            origin, iteration, parent, gamma, theory_key = row[9:]
             failure = None
             if fclass:
                 failure = f"{fclass}: {fmsg}" if fmsg else str(fclass)
@@ -312,6 +409,11 @@ class Store:
                     "attempts": int(n_att),
                     "failure": failure,
                     "energy_ev": None if energy is None else float(energy),
+                    "origin": _loads(origin),
+                    "iteration": int(iteration),
+                    "parent_potential": None if parent is None else int(parent),
+                    "gamma": None if gamma is None else float(gamma),
+                    "theory_key": theory_key,
                 }
             )
         return out
@@ -371,9 +473,11 @@ class Store:
             if attempt is not None:
                 self._insert_attempt(conn, structure_id, attempt, now)
             if label is not None:
+                # getattr: results from before the theory/magmoms fields still store
                 conn.execute(
                     "INSERT INTO labels(structure_id, attempt_number, energy, free_energy,"
-                    " forces, stress, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " forces, stress, theory_key, theory, magmoms, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         structure_id,
                         int(label.number),
@@ -381,6 +485,9 @@ class Store:
                         None if label.free_energy is None else float(label.free_energy),
                         _json_array(label.forces),
                         _json_array(label.stress),
+                        getattr(label, "theory_key", None),
+                        _json_or_none(getattr(label, "theory", None)),
+                        _json_or_none(getattr(label, "magmoms", None)),
                         now,
                     ),
                 )
@@ -451,16 +558,17 @@ class Store:
     # -- labels -------------------------------------------------------------------------
     def labelled_atoms(self, state: Sequence[str] = ("labelled", "trained")) -> list[Atoms]:
         """Labelled structures as ASE Atoms with a SinglePointCalculator (energy,
-        free_energy, forces, stress; eV, eV/Å, eV/Å^3) and ``info["structure_id"]``."""
+        free_energy, forces, stress; eV, eV/Å, eV/Å^3), ``info["structure_id"]``,
+        ``info["source"]`` and, when the label recorded one, ``info["theory_key"]``."""
         marks = ",".join("?" * len(state))
         rows = self._conn.execute(
-            "SELECT s.id, s.source, s.atoms, l.energy, l.free_energy, l.forces, l.stress"
-            " FROM structures s JOIN labels l ON l.structure_id = s.id"
+            "SELECT s.id, s.source, s.atoms, l.energy, l.free_energy, l.forces, l.stress,"
+            " l.theory_key FROM structures s JOIN labels l ON l.structure_id = s.id"
             f" WHERE s.state IN ({marks}) ORDER BY s.id",
             tuple(state),
         ).fetchall()
         out = []
-        for sid, source, atoms_text, energy, free_energy, forces, stress in rows:
+        for sid, source, atoms_text, energy, free_energy, forces, stress, key in rows:
             atoms = _decode_atoms(atoms_text)
             results: dict[str, Any] = {
                 "energy": float(energy),
@@ -473,6 +581,8 @@ class Store:
             atoms.calc = SinglePointCalculator(atoms, **results)
             atoms.info["structure_id"] = int(sid)
             atoms.info["source"] = source
+            if key is not None:
+                atoms.info["theory_key"] = key
             out.append(atoms)
         return out
 
@@ -493,22 +603,36 @@ class Store:
         pacemaker_version: str,
         train_ids: Sequence[int],
         test_ids: Sequence[int],
+        iteration: int = 0,
+        settings: dict[str, Any] | None = None,
+        fit_dir: Path | str | None = None,
     ) -> int:
-        """Record a fitted potential and which structures went into it; returns its id.
+        """Record a fitted potential, which structures went into it, and make it the
+        current potential, all in one transaction; returns its id.
 
         ``metrics`` should hold ``rmse_energy_mev_per_atom`` and ``rmse_forces_mev_per_ang``
-        as ``{"train": x, "test": y}`` (what ``status`` shows).
+        as ``{"train": x, "test": y}`` (what ``status`` shows). ``path`` (the ``.yace``)
+        and ``fit_dir`` are relative to the run directory (absolute paths inside it are
+        made relative); ``fit_dir`` defaults to the folder of ``path``. ``settings``: the
+        trainer settings, their fingerprint and the baseline the fit used.
         """
+        rel_path = migrations.relative_to_run(str(path), self.run_dir) or str(path)
+        rel_fit = migrations.relative_to_run(
+            str(fit_dir) if fit_dir is not None else str(Path(rel_path).parent), self.run_dir
+        )
         with self.transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO potentials(path, metrics, baseline, pacemaker_version, created)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO potentials(path, metrics, baseline, pacemaker_version, created,"
+                " iteration, settings, fit_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    str(path),
+                    rel_path,
                     json.dumps(metrics, default=float),
                     json.dumps(baseline, default=str),
                     pacemaker_version,
                     time.time(),
+                    int(iteration),
+                    _json_or_none(settings),
+                    rel_fit,
                 ),
             )
             pid = cur.lastrowid
@@ -518,22 +642,40 @@ class Store:
                 [(pid, int(i), "train") for i in train_ids]
                 + [(pid, int(i), "test") for i in test_ids],
             )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('current_potential', ?)",
+                (str(int(pid)),),
+            )
         return int(pid)
 
     def mark_trained(self, ids: Sequence[int], potential_id: int) -> int:
         """Move labelled structures that went into ``potential_id`` to ``trained``."""
         return self.bulk_transition(ids, "train", note=f"potential {potential_id}")
 
-    def latest_potential(self) -> dict[str, Any] | None:
-        """The newest potential: id, path, metrics, baseline, pacemaker_version, created,
-        n_train, n_test; None when nothing was fitted yet."""
+    def current_potential(self) -> dict[str, Any] | None:
+        """THE current potential of the run (what ``status``, the report and
+        ``load_calculator`` use): id, path and fit_dir (relative to the run directory),
+        metrics, baseline, pacemaker_version, created, iteration, settings (None when
+        fitted before schema v2), n_train, n_test; None when nothing was fitted yet."""
         row = self._conn.execute(
-            "SELECT id, path, metrics, baseline, pacemaker_version, created"
-            " FROM potentials ORDER BY id DESC LIMIT 1"
+            "SELECT value FROM meta WHERE key = 'current_potential'"
+        ).fetchone()
+        return None if row is None else self.potential(int(row[0]))
+
+    def latest_potential(self) -> dict[str, Any] | None:
+        """The current potential (:meth:`current_potential`; the name of schema v1)."""
+        return self.current_potential()
+
+    def potential(self, potential_id: int) -> dict[str, Any] | None:
+        """One recorded potential (see :meth:`current_potential`), None if unknown."""
+        row = self._conn.execute(
+            "SELECT id, path, metrics, baseline, pacemaker_version, created, iteration,"
+            " settings, fit_dir FROM potentials WHERE id = ?",
+            (potential_id,),
         ).fetchone()
         if row is None:
             return None
-        pid, path, metrics, baseline, version, created = row
+        pid, path, metrics, baseline, version, created, iteration, settings, fit_dir = row
         split_counts = dict(
             self._conn.execute(
                 "SELECT split, COUNT(*) FROM potential_members WHERE potential_id = ?"
@@ -544,13 +686,65 @@ class Store:
         return {
             "id": int(pid),
             "path": path,
+            "fit_dir": fit_dir if fit_dir is not None else str(Path(path).parent),
             "metrics": json.loads(metrics),
             "baseline": json.loads(baseline),
             "pacemaker_version": version,
             "created": float(created),
+            "iteration": int(iteration),
+            "settings": _loads(settings),
             "n_train": int(split_counts.get("train", 0)),
             "n_test": int(split_counts.get("test", 0)),
         }
+
+    def potential_ids(self) -> list[int]:
+        """Ids of every recorded potential, oldest first."""
+        return [int(r[0]) for r in self._conn.execute("SELECT id FROM potentials ORDER BY id")]
+
+    # -- the loop -------------------------------------------------------------------------
+    def begin_stage(self, iteration: int, stage: str) -> int:
+        """Record that ``stage`` of ``iteration`` started; returns the row id."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO loop(iteration, stage, started) VALUES (?, ?, ?)",
+                (int(iteration), stage, time.time()),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    def finish_stage(self, row_id: int, status: int, details: dict[str, Any]) -> None:
+        """Record that the stage of row ``row_id`` finished with ``status``."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE loop SET finished = ?, status = ?, details = ? WHERE id = ?",
+                (time.time(), int(status), _json_or_none(details), int(row_id)),
+            )
+
+    def loop_rows(self) -> list[dict[str, Any]]:
+        """Every stage run, oldest first: id, iteration, stage, started, finished (None
+        while running or killed), status, details."""
+        rows = self._conn.execute(
+            "SELECT id, iteration, stage, started, finished, status, details FROM loop ORDER BY id"
+        ).fetchall()
+        return [
+            {
+                "id": int(rid),
+                "iteration": int(it),
+                "stage": stage,
+                "started": float(started),
+                "finished": None if finished is None else float(finished),
+                "status": None if status is None else int(status),
+                "details": _loads(details),
+            }
+            for rid, it, stage, started, finished, status, details in rows
+        ]
+
+    def loop_state(self) -> dict[str, Any] | None:
+        """The last stage run (see :meth:`loop_rows`), None before the first."""
+        rows = self._conn.execute("SELECT MAX(id) FROM loop").fetchone()
+        if rows[0] is None:
+            return None
+        return next(r for r in self.loop_rows() if r["id"] == int(rows[0]))
 
     def transitions_of(self, structure_id: int) -> list[tuple[str, str, str]]:
         """The logged moves of a structure as (trigger, source, dest), oldest first."""
