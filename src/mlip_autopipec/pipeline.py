@@ -1,37 +1,58 @@
 """The one place that knows the order of steps.
 
 validate the recipe -> prepare the run directory (recipe copy, physics-change check) ->
-take the run lock -> build structures and add them to the store (idempotent by content hash)
--> label every pending structure (preflight, attempts, retry ladder, quarantine) -> fit a
-potential on everything labelled -> write the report.
+take the run lock -> open the store (migrating an older schema) -> start ONE executor for
+the whole run -> run the stages of :mod:`mlip_autopipec.stages` over the store:
 
-A rerun of the same command resumes: finished labels are never recomputed and a failed fit
-is retried on its own. The science lives in ``oracle``/``trainer``; the bookkeeping in
-``lifecycle``; where attempts run in ``execution``.
+    one-shot (today's recipes):  build -> label -> train -> report
+    active learning:             build -> [seed: label -> train]
+                                       -> while not stop: [explore -> select -> label -> train]
+                                       -> report
+
+Every stage run is a row of the store's ``loop`` table (iteration, stage, started,
+finished), so a rerun after a kill resumes the loop at the stage and iteration the store
+says; each stage is idempotent over the store besides (finished labels are never
+recomputed, a fit is redone only when due). The science lives in ``oracle``/``trainer``;
+the bookkeeping in ``lifecycle``; where work runs in ``execution``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
-import signal
 import sys
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from types import ModuleType
 from typing import Any, TextIO
 
-from mlip_autopipec.errors import Interrupted, TrainerError, UsageError
+from mlip_autopipec import stages
+from mlip_autopipec.errors import UsageError
 from mlip_autopipec.recipe import Recipe, build_structures, load_recipe, resolve_pseudopotentials
+from mlip_autopipec.stages import RunContext, Stage, StageResult
 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "label", "train")
 EXIT_OK = 0
 EXIT_FAILED = 1
+
+#: The stages each ``--stage`` runs (one-shot runs; every stage is idempotent).
+PLANS: dict[str, tuple[str, ...]] = {
+    "all": (stages.BUILD, stages.LABEL, stages.TRAIN, stages.REPORT),
+    "label": (stages.BUILD, stages.LABEL, stages.REPORT),
+    "train": (stages.BUILD, stages.TRAIN, stages.REPORT),
+}
+
+#: The stages of one loop iteration: the seed (iteration 0) and every later one.
+SEED = (stages.LABEL, stages.TRAIN)
+ITERATION = (stages.EXPLORE, stages.SELECT, stages.LABEL, stages.TRAIN)
+
+#: The module of the active-learning stages: ``explore(ctx)``, ``select(ctx)`` (each
+#: returning a StageResult) and the stop rule ``should_stop(ctx) -> bool``.
+LOOP_MODULE = "mlip_autopipec.explore.loop"
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -41,29 +62,6 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 def _say(message: str, stream: TextIO | None = None) -> None:
     print(message, file=stream if stream is not None else sys.stderr, flush=True)
-
-
-@contextmanager
-def _graceful_signals() -> Iterator[list[int]]:
-    """During training: SIGINT/SIGTERM stop pacemaker (via process.terminate_all) and
-    are re-raised as :class:`Interrupted` once the child is gone."""
-    from mlip_autopipec import process
-
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        process.terminate_all()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def run(
@@ -88,6 +86,7 @@ def run(
     if dry_run:
         return dry_run_recipe(recipe, run_dir)
 
+    from mlip_autopipec.execution import default_workers, make_executor
     from mlip_autopipec.lifecycle.lock import RunLock
     from mlip_autopipec.lifecycle.rundir import prepare_run_dir
     from mlip_autopipec.lifecycle.store import Store
@@ -95,123 +94,92 @@ def run(
     moved = prepare_run_dir(run_dir, recipe, fresh=fresh)
     if moved is not None:
         _say(f"autopipec: the previous run was moved to {moved}")
+    loop = _loop_module(recipe) if stage == "all" else None
     with RunLock(run_dir), Store.open(run_dir) as store:
         pseudos = resolve_pseudopotentials(recipe, run_dir / "pseudo")
-        structures = build_structures(recipe)
-        ids = store.add_structures((s.atoms, s.source) for s in structures)
-        _say(
-            f"autopipec: {recipe.name}: {len(structures)} structures in the recipe "
-            f"({len(set(ids))} distinct), run directory {run_dir}"
+        execution = recipe.execution
+        n_workers = int(
+            workers or execution["workers"] or default_workers(recipe.oracle["command"])
         )
-        status = EXIT_OK
-        if stage in ("all", "label"):
-            counts = label(recipe, store, run_dir, pseudos, workers)
-            if counts.get("failed", 0):
-                status = EXIT_FAILED
-        if stage in ("all", "train"):
-            try:
-                train(recipe, store, run_dir)
-            except TrainerError as exc:
-                _say(f"autopipec: error: training failed, labels are kept: {exc}")
-                status = EXIT_FAILED
-        _write_report_safely(run_dir)
+        with make_executor(execution, n_workers, run_dir=run_dir) as executor:
+            ctx = RunContext(recipe, store, run_dir, executor, pseudos, n_workers, _say)
+            if loop is not None:
+                return drive_loop(ctx, loop)
+            return drive(ctx, PLANS[stage])
+
+
+def run_stage(ctx: RunContext, name: str, fn: Stage) -> StageResult:
+    """Run one stage, recorded in the store's ``loop`` table (a row without ``finished``
+    is a stage that was killed or interrupted)."""
+    row = ctx.store.begin_stage(ctx.iteration, name)
+    result = fn(ctx)
+    ctx.store.finish_stage(row, result.status, result.details)
+    return result
+
+
+def drive(ctx: RunContext, plan: Sequence[str]) -> int:
+    """Run the stages of ``plan`` in order; returns the worst status."""
+    status = EXIT_OK
+    for name in plan:
+        status = max(status, run_stage(ctx, name, stages.STAGES[name]).status)
     return status
 
 
-def label(
-    recipe: Recipe,
-    store: Any,
-    run_dir: Path,
-    pseudos: dict[str, Path],
-    workers: int | None,
-) -> dict[str, int]:
-    """Label every pending structure of ``store`` with pw.x; returns the counts per state."""
-    from mlip_autopipec.execution import default_workers, make_executor
-    from mlip_autopipec.lifecycle.progress import Progress
-    from mlip_autopipec.lifecycle.runner import label_all
-    from mlip_autopipec.oracle import EspressoOracle, run_attempt
-
-    oracle = EspressoOracle(recipe.oracle, pseudos)
-    n_workers = (
-        workers
-        or recipe.execution.get("workers")
-        or default_workers(recipe.oracle.get("command") or "pw.x")
-    )
-    with make_executor(recipe.execution, int(n_workers), run_dir=run_dir) as executor:
-        counts = label_all(store, oracle, run_attempt, executor, run_dir, Progress())
-    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    _say(f"autopipec: labelling done: {summary}")
-    return counts
-
-
-def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
-    """Fit a potential on every labelled structure; returns the fit record (None: nothing new).
-
-    Skipped when the latest potential was fitted on exactly the structures labelled now.
-    """
-    from mlip_autopipec.trainer.fit import fit_potential, next_fit_dir
-
-    if not store.ids_in_state("labelled") and store.latest_potential() is not None:
-        _say("autopipec: the current potential already covers every labelled structure")
+def _loop_module(recipe: Recipe) -> ModuleType | None:
+    """The active-learning stages when the recipe has an ``active_learning`` section."""
+    if not recipe.data.get("active_learning"):
         return None
-    atoms_list = store.labelled_atoms()
-    if len(atoms_list) < 2:
-        _say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
-        return None
-    workdir = next_fit_dir(run_dir)
-    _say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir}")
-    with _graceful_signals() as received:
-        try:
-            fit = fit_potential(atoms_list, recipe.trainer, workdir)
-        except TrainerError:
-            if received:
-                raise Interrupted(received[0]) from None
-            raise
-    if received:
-        raise Interrupted(received[0])
-    metrics = {
-        "rmse_energy_mev_per_atom": fit.rmse_energy_mev_per_atom,
-        "rmse_forces_mev_per_ang": fit.rmse_forces_mev_per_ang,
-    }
-    pid = store.record_potential(
-        path=fit.yace,
-        metrics=metrics,
-        baseline=fit.baseline,
-        pacemaker_version=fit.pacemaker_version,
-        train_ids=[int(i) for i in fit.train_ids],
-        test_ids=[int(i) for i in fit.test_ids],
-    )
-    store.mark_trained([int(i) for i in (*fit.train_ids, *fit.test_ids)], pid)
-    for note in getattr(fit, "notes", ()) or ():
-        _say(f"autopipec: note: {note}")
-    e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
-    _say(
-        f"autopipec: potential {fit.yace} (train {len(fit.train_ids)}, test {len(fit.test_ids)}); "
-        f"RMSE energy train {_fmt(e.get('train'))} / test {_fmt(e.get('test'))} meV/atom, "
-        f"forces train {_fmt(f.get('train'))} / test {_fmt(f.get('test'))} meV/Å"
-    )
-    return fit.to_dict()
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _write_report_safely(run_dir: Path) -> None:
     try:
-        from mlip_autopipec.report import write_report
-    except ImportError:  # pragma: no cover - the report module is part of the package
-        return
-    try:
-        index = write_report(run_dir)
-    except Exception as exc:  # noqa: BLE001 - a broken figure must not fail a finished run
-        log.exception("report failed")
-        _say(
-            f"autopipec: warning: could not write the report ({exc}); "
-            f"try 'autopipec report {run_dir}'"
-        )
-    else:
-        _say(f"autopipec: report {index}")
+        module = importlib.import_module(LOOP_MODULE)
+    except ImportError as exc:
+        raise UsageError(
+            f"{recipe.path}: active_learning: this installation has no active-learning "
+            f"stages ({LOOP_MODULE}: {exc})"
+        ) from exc
+    missing = [n for n in ("explore", "select", "should_stop") if not hasattr(module, n)]
+    if missing:
+        raise UsageError(f"active_learning: {LOOP_MODULE} lacks {', '.join(missing)}")
+    return module
+
+
+def resume_point(rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """(iteration, index of the next stage in that iteration's sequence) from the stored
+    stage rows; the index may equal the sequence length (the iteration is complete: check
+    the stop rule next). ``build`` and ``report`` rows do not count: they run every time."""
+    steps = [r for r in rows if r["stage"] not in (stages.BUILD, stages.REPORT)]
+    if not steps:
+        return 0, 0
+    last = steps[-1]
+    iteration = int(last["iteration"])
+    sequence = SEED if iteration == 0 else ITERATION
+    index = sequence.index(last["stage"]) if last["stage"] in sequence else len(sequence) - 1
+    if last["finished"] is None:
+        return iteration, index  # killed inside this stage: run it again
+    return iteration, index + 1
+
+
+def drive_loop(ctx: RunContext, loop: ModuleType) -> int:
+    """Seed, then explore -> select -> label -> train until ``loop.should_stop(ctx)``;
+    resumes at the stage and iteration the store records. Returns the worst status."""
+    table: dict[str, Stage] = {**stages.STAGES, stages.EXPLORE: loop.explore}
+    table[stages.SELECT] = loop.select
+    iteration, index = resume_point(ctx.store.loop_rows())
+    ctx.iteration = iteration
+    status = run_stage(ctx, stages.BUILD, stages.build).status
+    while True:
+        sequence = SEED if ctx.iteration == 0 else ITERATION
+        for name in sequence[index:]:
+            result = run_stage(ctx, name, table[name])
+            status = max(status, result.status)
+            if name == stages.TRAIN and result.status != EXIT_OK:
+                ctx.say("autopipec: the loop stops: the fit of this iteration failed")
+                return max(status, run_stage(ctx, stages.REPORT, stages.report).status)
+        if loop.should_stop(ctx):
+            break
+        ctx.iteration += 1
+        index = 0
+        ctx.say(f"autopipec: active learning: iteration {ctx.iteration}")
+    return max(status, run_stage(ctx, stages.REPORT, stages.report).status)
 
 
 def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:

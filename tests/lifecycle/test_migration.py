@@ -34,7 +34,13 @@ def _raw(where: Path, sql: str) -> list[tuple]:
 
 
 def test_test_data_is_version_1() -> None:
-    assert _raw(V1, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    # immutable: reading the committed file must not leave -wal/-shm files beside it
+    conn = sqlite3.connect(f"file:{V1 / DB_NAME}?immutable=1", uri=True)
+    try:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    finally:
+        conn.close()
+    assert version == [("1",)]
 
 
 def test_open_migrates_in_place_with_a_backup(run_v1: Path) -> None:
@@ -152,3 +158,27 @@ def test_origin_from_source(source: str, expected: dict) -> None:
     origin = origin_from_source(source)
     assert origin == {"kind": "recipe", "source": source, **expected}
     assert json.loads(json.dumps(origin)) == origin
+
+
+def test_rerun_of_a_v1_run_resumes_without_redoing_anything(
+    run_v1: Path, tmp_path: Path, capsys
+) -> None:
+    from mlip_autopipec.cli import main
+    from mlip_autopipec.trainer.calculator import find_fit
+
+    labels_before = _raw(run_v1, "SELECT structure_id, energy, forces, stress FROM labels")
+    recipe = shutil.copy(run_v1 / "recipe.yaml", tmp_path / "recipe.yaml")
+    rc = main(["run", str(recipe), "--run-dir", str(run_v1), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "already covers every labelled structure" in err
+    assert _raw(run_v1, "SELECT COUNT(*) FROM attempts") == [(6,)]  # no attempt redone
+    assert _raw(run_v1, "SELECT structure_id, energy, forces, stress FROM labels") == labels_before
+    assert not (run_v1 / "trainer" / "fit-002").exists()  # no refit
+    assert (run_v1 / "report" / "index.html").is_file()
+    with Store.open(run_v1, create=False) as store:
+        stages_run = [(r["iteration"], r["stage"], r["status"]) for r in store.loop_rows()]
+    assert stages_run == [(0, "build", 0), (0, "label", 0), (0, "train", 0), (0, "report", 0)]
+    # status and load_calculator name the same potential
+    pot = status_json(run_v1)["potential"]
+    assert Path(pot["path"]).parent == find_fit(run_v1)

@@ -14,11 +14,23 @@ from mlip_autopipec.trainer.fit import CURRENT_JSON, POTENTIAL_JSON, FitResult
 
 
 def find_fit(run_dir: str | Path) -> Path:
-    """The fit folder of ``run_dir``: the folder itself if it holds ``potential.json``,
-    else the one ``RUN_DIR/trainer/current.json`` (or ``RUN_DIR/current.json``) points to."""
+    """The fit folder of ``run_dir``: the folder itself if it holds ``potential.json``;
+    in a run directory the store's current potential (the one record, as ``status``
+    shows it); else the one ``trainer/current.json`` (or ``current.json``) points to."""
     root = Path(run_dir)
     if (root / POTENTIAL_JSON).is_file():
         return root
+    from mlip_autopipec.lifecycle.store import DB_NAME, Store
+
+    if (root / DB_NAME).is_file():
+        with Store.open(root, create=False) as store:
+            current = store.current_potential()
+        if current is None:
+            raise TrainerError(f"{root}: no potential recorded yet; run the training step first")
+        target = root / current["fit_dir"]
+        if not (target / POTENTIAL_JSON).is_file():
+            raise TrainerError(f"{root}: the current potential's {target} has no {POTENTIAL_JSON}")
+        return target
     for pointer in (root / "trainer" / CURRENT_JSON, root / CURRENT_JSON):
         if pointer.is_file():
             try:
