@@ -1,0 +1,199 @@
+"""The driver of the stages: order, the loop, resuming at the stored iteration and stage,
+and when a fit is due. The stages here are recording stand-ins for pw.x/pacemaker: what is
+tested is the driver's bookkeeping over a real store, not the science."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlip_autopipec import pipeline, stages
+from mlip_autopipec.lifecycle.store import Store
+from mlip_autopipec.stages import RunContext, StageResult
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, nothing is recorded."""
+
+
+@dataclass
+class Script:
+    """Stage stand-ins that log (iteration, stage) and can die at the n-th stage run."""
+
+    stop_after: int = 2  # loop iterations after the seed
+    kill_at: int | None = None
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self.log: list[tuple[int, str]] = []
+
+    def stage(self, name: str) -> Any:
+        def fn(ctx: RunContext) -> StageResult:
+            self.calls += 1
+            if self.kill_at is not None and self.calls == self.kill_at:
+                raise Killed
+            self.log.append((ctx.iteration, name))
+            return StageResult(name, 0, {"n": self.calls})
+
+        return fn
+
+    def module(self) -> SimpleNamespace:
+        return SimpleNamespace(
+            explore=self.stage("explore"),
+            select=self.stage("select"),
+            should_stop=lambda ctx: ctx.iteration >= self.stop_after,
+        )
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    def install(script: Script) -> None:
+        table = {n: script.stage(n) for n in ("build", "label", "train", "report")}
+        monkeypatch.setattr(stages, "STAGES", table)
+        monkeypatch.setattr(stages, "build", table["build"])
+        monkeypatch.setattr(stages, "report", table["report"])
+
+    return install
+
+
+def _ctx(store: Store, run_dir: Path) -> RunContext:
+    return RunContext(None, store, run_dir, None, {}, 1, lambda m: None)
+
+
+UNINTERRUPTED = [
+    (0, "build"),
+    (0, "label"),
+    (0, "train"),
+    *[(i, s) for i in (1, 2) for s in ("explore", "select", "label", "train")],
+    (2, "report"),
+]
+
+
+def test_loop_order(tmp_path: Path, scripted) -> None:
+    script = Script()
+    scripted(script)
+    with Store.open(tmp_path) as store:
+        assert pipeline.drive_loop(_ctx(store, tmp_path), script.module()) == 0
+        rows = store.loop_rows()
+    assert script.log == UNINTERRUPTED
+    assert [(r["iteration"], r["stage"]) for r in rows] == UNINTERRUPTED
+    assert all(r["finished"] is not None and r["status"] == 0 for r in rows)
+
+
+def test_one_shot_plans(tmp_path: Path, scripted) -> None:
+    script = Script()
+    scripted(script)
+    with Store.open(tmp_path) as store:
+        for plan in ("all", "label", "train"):
+            pipeline.drive(_ctx(store, tmp_path), pipeline.PLANS[plan])
+    assert [s for _, s in script.log] == [
+        *("build", "label", "train", "report"),
+        *("build", "label", "report"),
+        *("build", "train", "report"),
+    ]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, len(UNINTERRUPTED)), st.integers(0, 2))
+def test_a_killed_loop_resumes_where_it_stopped(tmp_path_factory, kill_at, second_kill) -> None:
+    """Kill at any stage run (twice), rerun: the stages that finished form exactly the
+    uninterrupted sequence, apart from the build/report every rerun does again."""
+    run_dir = tmp_path_factory.mktemp("loop")
+    done: list[tuple[int, str]] = []
+    kills = [kill_at, second_kill or None]
+    with pytest.MonkeyPatch.context() as mp:
+        for k in [*kills, None]:
+            script = Script(kill_at=k)
+            table = {n: script.stage(n) for n in ("build", "label", "train", "report")}
+            mp.setattr(stages, "STAGES", table)
+            mp.setattr(stages, "build", table["build"])
+            mp.setattr(stages, "report", table["report"])
+            with Store.open(run_dir) as store:
+                try:
+                    pipeline.drive_loop(_ctx(store, run_dir), script.module())
+                except Killed:
+                    pass
+            done.extend(script.log)
+    steps = [d for d in done if d[1] not in ("build", "report")]
+    assert steps == [d for d in UNINTERRUPTED if d[1] not in ("build", "report")]
+    assert done[-1] == (2, "report")
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([], (0, 0)),
+        ([{"iteration": 0, "stage": "build", "finished": 1.0}], (0, 0)),
+        ([{"iteration": 0, "stage": "label", "finished": None}], (0, 0)),
+        ([{"iteration": 0, "stage": "label", "finished": 1.0}], (0, 1)),
+        ([{"iteration": 0, "stage": "train", "finished": 1.0}], (0, 2)),
+        ([{"iteration": 3, "stage": "select", "finished": None}], (3, 1)),
+        (
+            [
+                {"iteration": 3, "stage": "train", "finished": 1.0},
+                {"iteration": 3, "stage": "report", "finished": 1.0},
+            ],
+            (3, 4),
+        ),
+    ],
+)
+def test_resume_point(rows, expected) -> None:
+    assert pipeline.resume_point(rows) == expected
+
+
+def test_a_failed_fit_stops_the_loop(tmp_path: Path, scripted) -> None:
+    script = Script()
+    scripted(script)
+    failing = stages.STAGES["train"]
+
+    def train(ctx: RunContext) -> StageResult:
+        failing(ctx)
+        return StageResult("train", 1 if ctx.iteration == 1 else 0)
+
+    stages.STAGES["train"] = train
+    with Store.open(tmp_path) as store:
+        assert pipeline.drive_loop(_ctx(store, tmp_path), script.module()) == 1
+    assert script.log[-2:] == [(1, "train"), (1, "report")]
+
+
+# -- when a fit is due -----------------------------------------------------------------
+def _recipe(trainer: dict[str, Any]) -> SimpleNamespace:
+    return SimpleNamespace(trainer=trainer)
+
+
+def _record(store: Store, settings: dict[str, Any] | None) -> None:
+    store.record_potential(
+        path="trainer/fit-001/output_potential.yace",
+        metrics={},
+        baseline={"type": "none"},
+        pacemaker_version="x",
+        train_ids=[],
+        test_ids=[],
+        settings=settings,
+    )
+
+
+def test_fit_due(tmp_path: Path) -> None:
+    cfg = {"cutoff": 5.0, "max_epochs": 60}
+    with Store.open(tmp_path) as store:
+        ctx = RunContext(_recipe(cfg), store, tmp_path, None, {}, 1, print)
+        assert stages._fit_due(ctx) == "no potential yet"
+        _record(store, {"trainer": cfg, "fingerprint": stages.trainer_fingerprint(cfg)})
+        assert stages._fit_due(ctx) is None
+        ctx.recipe = _recipe({**cfg, "max_epochs": 61})
+        assert stages._fit_due(ctx) == "the trainer settings changed"
+        _record(store, None)  # a potential fitted before schema v2: nothing to compare
+        assert stages._fit_due(ctx) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 3)))
+def test_fingerprint_ignores_key_order(cfg) -> None:
+    reordered = dict(reversed(list(cfg.items())))
+    assert stages.trainer_fingerprint(cfg) == stages.trainer_fingerprint(reordered)
