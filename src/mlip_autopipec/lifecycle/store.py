@@ -345,23 +345,22 @@ class Store:
                 ids.append(int(known[digest]))
         return ids
 
-    def atoms_of(self, structure_id: int) -> Atoms:
-        """The stored input structure (no calculator)."""
+    def _structure_column(self, structure_id: int, column: str) -> Any:
+        # column is one of our own names, never user input
         row = self._conn.execute(
-            "SELECT atoms FROM structures WHERE id = ?", (structure_id,)
+            f"SELECT {column} FROM structures WHERE id = ?", (structure_id,)
         ).fetchone()
         if row is None:
             raise KeyError(f"no structure {structure_id}")
-        return _decode_atoms(row[0])
+        return row[0]
+
+    def atoms_of(self, structure_id: int) -> Atoms:
+        """The stored input structure (no calculator)."""
+        return _decode_atoms(self._structure_column(structure_id, "atoms"))
 
     def state_of(self, structure_id: int) -> str:
         """Current state of one structure."""
-        row = self._conn.execute(
-            "SELECT state FROM structures WHERE id = ?", (structure_id,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no structure {structure_id}")
-        return str(row[0])
+        return str(self._structure_column(structure_id, "state"))
 
     def ids_in_state(self, *states: str) -> list[int]:
         """Ids of structures in any of ``states``, ascending."""
