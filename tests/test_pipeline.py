@@ -197,3 +197,49 @@ def test_fit_due(tmp_path: Path) -> None:
 def test_fingerprint_ignores_key_order(cfg) -> None:
     reordered = dict(reversed(list(cfg.items())))
     assert stages.trainer_fingerprint(cfg) == stages.trainer_fingerprint(reordered)
+
+
+# -- build: provenance of the recipe's structures -------------------------------------
+def test_build_records_where_each_structure_came_from(tmp_path: Path) -> None:
+    from ase.build import bulk
+    from ase.io import write
+
+    from mlip_autopipec.recipe import load_recipe
+
+    write(tmp_path / "frames.extxyz", [bulk("Si", "diamond", a=a) for a in (5.40, 5.45, 5.50)])
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(
+        "name: origins\n"
+        "structures:\n"
+        "  - bulk: {element: Si, crystal: diamond, a: 5.43}\n"
+        "    strain: {min: -0.01, max: 0.01, count: 2}\n"
+        "    rattle: {stdev: 0.05, count: 1, seed: 1}\n"
+        "  - file: frames.extxyz\n"
+        "    index: '1:'\n"
+        "oracle:\n"
+        "  pseudopotentials: {Si: Si.pbe-nl-rrkjus_psl.1.0.0.UPF}\n"
+        "  kspacing: 0.3\n"
+        "  input_data: {system: {ecutwfc: 15}}\n"
+    )
+    recipe = load_recipe(recipe_path)
+    with Store.open(tmp_path / "run") as store:
+        ctx = RunContext(recipe, store, tmp_path / "run", None, {}, 1, lambda m: None)
+        result = stages.build(ctx)
+        again = stages.build(ctx)
+        rows = store.structure_rows()
+    assert result.details == again.details == {"structures": 8, "distinct": 8}
+    assert len(rows) == 8
+    origins = [r["origin"] for r in rows]
+    assert origins[0] == {
+        "kind": "recipe",
+        "source": "bulk[0] Si diamond strain=-0.010",
+        "generator": "bulk",
+        "entry": 0,
+        "strain": -0.01,
+    }
+    assert origins[1]["rattle"] == 1 and origins[1]["entry"] == 0
+    assert [(o["entry"], o["file"], o["frame"], o["index"]) for o in origins[-2:]] == [
+        (1, "frames.extxyz", 1, "1:"),
+        (1, "frames.extxyz", 2, "1:"),
+    ]
+    assert {r["iteration"] for r in rows} == {0}

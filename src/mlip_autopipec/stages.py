@@ -75,7 +75,8 @@ def build(ctx: RunContext) -> StageResult:
 
     structures = build_structures(ctx.recipe)
     ids = ctx.store.add_structures(
-        (s.atoms, s.source, getattr(s, "origin", None)) for s in structures
+        (s.atoms, s.source, getattr(s, "origin", None) or recipe_origin(ctx.recipe, s.source))
+        for s in structures
     )
     distinct = len(set(ids))
     ctx.say(
@@ -83,6 +84,28 @@ def build(ctx: RunContext) -> StageResult:
         f"({distinct} distinct), run directory {ctx.run_dir}"
     )
     return StageResult(BUILD, 0, {"structures": len(structures), "distinct": distinct})
+
+
+def recipe_origin(recipe: Any, source: str) -> dict[str, Any]:
+    """The origin record of a recipe structure: generator and parameters from its source
+    string, plus the index of its ``structures`` entry (for file entries: the entry naming
+    that file, with its ``index`` and ``format``)."""
+    from mlip_autopipec.lifecycle.migrations import origin_from_source
+
+    origin = origin_from_source(source)
+    if origin.get("generator") != "file":
+        return origin
+    for i, entry in enumerate(recipe.data["structures"]):
+        if "file" not in entry:
+            continue
+        path = Path(entry["file"])
+        shown = {str(entry["file"])}
+        if path.is_absolute() and path.is_relative_to(recipe.base_dir):
+            shown.add(os.path.relpath(path, recipe.base_dir))
+        if origin["file"] in shown:
+            origin.update(entry=i, index=entry.get("index", ":"), format=entry.get("format"))
+            break
+    return origin
 
 
 # -- label ---------------------------------------------------------------------------------
