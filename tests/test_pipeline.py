@@ -243,3 +243,27 @@ def test_build_records_where_each_structure_came_from(tmp_path: Path) -> None:
         (1, "frames.extxyz", 2, "1:"),
     ]
     assert {r["iteration"] for r in rows} == {0}
+
+
+# -- the run's one executor ----------------------------------------------------------
+def test_the_run_executor_starts_once_on_first_use() -> None:
+    from mlip_autopipec.execution import local_executor
+
+    started: list[Any] = []
+
+    def factory() -> Any:
+        cm = local_executor(2)
+        started.append(cm)
+        return cm
+
+    with pipeline.OnDemandExecutor(factory) as idle:
+        assert not idle.started
+    assert started == []  # nothing submitted: no engine (no pilot job on a cluster)
+
+    with pipeline.OnDemandExecutor(factory) as ex:
+        assert ex.max_workers == 2
+        futures = [ex.submit(pow, 2, n) for n in range(5)]
+        assert [f.result() for f in futures] == [1, 2, 4, 8, 16]
+        assert ex.submit(len, "abc").result() == 3
+    assert len(started) == 1
+    assert not ex.started

@@ -23,7 +23,9 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -101,11 +103,54 @@ def run(
         n_workers = int(
             workers or execution["workers"] or default_workers(recipe.oracle["command"])
         )
-        with make_executor(execution, n_workers, run_dir=run_dir) as executor:
-            ctx = RunContext(recipe, store, run_dir, executor, pseudos, n_workers, _say)
+        with OnDemandExecutor(lambda: make_executor(execution, n_workers, run_dir=run_dir)) as ex:
+            ctx = RunContext(recipe, store, run_dir, ex, pseudos, n_workers, _say)
             if loop is not None:
                 return drive_loop(ctx, loop)
             return drive(ctx, PLANS[stage])
+
+
+class OnDemandExecutor:
+    """The run's one executor, started on first use and shut down with the run.
+
+    Every stage submits to the same engine (on Parsl: the same pilot jobs); a run that
+    submits nothing (``--stage train``, a finished run resumed) starts none.
+    """
+
+    def __init__(self, factory: Callable[[], AbstractContextManager[Executor]]):
+        self._factory = factory
+        self._cm: AbstractContextManager[Executor] | None = None
+        self._executor: Executor | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether the engine was started."""
+        return self._executor is not None
+
+    def _get(self) -> Executor:
+        if self._executor is None:
+            cm = self._factory()
+            self._executor = cm.__enter__()
+            self._cm = cm
+        return self._executor
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """``Executor.submit`` on the (started) engine."""
+        return self._get().submit(fn, *args, **kwargs)
+
+    @property
+    def max_workers(self) -> int:
+        """How many tasks the engine runs at once (starts it)."""
+        ex = self._get()
+        return int(getattr(ex, "max_workers", 0) or getattr(ex, "_max_workers", 0) or 1)
+
+    def __enter__(self) -> OnDemandExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            cm, self._cm, self._executor = self._cm, None, None
+            cm.__exit__(*exc)
 
 
 def run_stage(ctx: RunContext, name: str, fn: Stage) -> StageResult:
