@@ -43,6 +43,7 @@ class FailureClass:
     OVERLAPPING_ATOMS: Final = "overlapping_atoms"
     CRASHED: Final = "crashed"
     OUT_OF_MEMORY: Final = "out_of_memory"
+    INCOMPLETE_OUTPUT: Final = "incomplete_output"
 
     ALL: Final = (
         CONVERGED,
@@ -57,6 +58,7 @@ class FailureClass:
         OVERLAPPING_ATOMS,
         CRASHED,
         OUT_OF_MEMORY,
+        INCOMPLETE_OUTPUT,
     )
 
 
