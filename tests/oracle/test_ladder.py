@@ -189,9 +189,7 @@ def test_ladder_properties(
     # never repeats an identical parameter set (parameters + restart mode), except by a
     # step that says ``repeat`` (incomplete_output: the same settings once more)
     keys = [
-        json.dumps(p.params_diff, sort_keys=True)
-        for p in plans
-        if not (p.step or {}).get("repeat")
+        json.dumps(p.params_diff, sort_keys=True) for p in plans if not (p.step or {}).get("repeat")
     ]
     assert len(keys) == len(set(keys))
     # deterministic

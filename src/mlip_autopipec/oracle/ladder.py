@@ -65,7 +65,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from mlip_autopipec.oracle.diagnose import PERMANENT, RETRYABLE, FailureClass
+from mlip_autopipec.oracle.failures import PERMANENT, RETRYABLE, FailureClass, classes_markdown
 
 RESTART_SCRATCH: Final = "scratch"
 RESTART_CHARGE_DENSITY: Final = "charge_density"
@@ -522,3 +522,34 @@ def default_ladder_markdown(
     rows.append("")
     rows.append(f"Never retried (permanent): {perm}.")
     return "\n".join(rows)
+
+
+def failure_docs_markdown() -> str:
+    """``docs/failure-classes.md``: the classes and the default ladder, from the tables.
+
+    Regenerate with ``python -m mlip_autopipec.oracle.ladder > docs/failure-classes.md``.
+    """
+    return "\n".join(
+        [
+            "# Failure classes and the default retry ladder",
+            "",
+            "Generated from `mlip_autopipec/oracle/failures.py` (`CLASSES`) and",
+            "`mlip_autopipec/oracle/ladder.py` (`DEFAULT_LADDERS`); regenerate with",
+            "`python -m mlip_autopipec.oracle.ladder > docs/failure-classes.md`.",
+            "",
+            "## Classes",
+            "",
+            classes_markdown(),
+            "",
+            "## Default ladder",
+            "",
+            "A recipe's `oracle.retry.ladders.<class>` replaces the ladder of that class.",
+            "",
+            default_ladder_markdown(),
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    print(failure_docs_markdown(), end="")
