@@ -13,9 +13,11 @@ Stages (first match wins), so that every attempt gets exactly one class:
    classified by ``failures.ERROR_RULES``;
 2. a message of ``failures.OUTPUT_RULES`` in ``.pwo`` or ``.err`` (``Maximum CPU time
    exceeded`` -> ``walltime``, ...);
-3. our own timeout killed the process -> ``walltime``;
-4. ``convergence NOT achieved`` -> ``scf_not_converged``;
-5. ``convergence has been achieved`` with a zero exit code -> ``converged``;
+3. ``convergence has been achieved`` and ``JOB DONE.`` with a zero exit code, or killed
+   by our timeout after it had written both -> ``converged`` (a complete output wins
+   over the walltime flag);
+4. our own timeout killed the process -> ``walltime``;
+5. ``convergence NOT achieved`` -> ``scf_not_converged``;
 6. memory messages or death by SIGKILL without a message -> ``out_of_memory``;
 7. anything else (non-zero exit, truncated or garbage output) -> ``crashed``.
 """
@@ -171,6 +173,7 @@ def diagnose(
     for text, routine_re in (
         (pwo_text, ERROR_ROUTINE_RE),
         (crash_text, CRASH_ROUTINE_RE),
+        (crash_text, ERROR_ROUTINE_RE),
         (err_text, ERROR_ROUTINE_RE),
     ):
         block = _error_block(text, routine_re)
@@ -182,18 +185,20 @@ def diagnose(
                 header = f"Error in routine {routine} ({number}):"
             return Diagnosis(classify_error(routine, msg), f"{header} {msg}".strip())
 
-    for text in (pwo_text, err_text):
+    for text in (pwo_text, err_text, crash_text):
         found = match_output(text)
         if found is not None:
             return Diagnosis(*found)
+    m = CONVERGED_RE.search(pwo_text)
+    complete = m is not None and JOB_DONE_RE.search(pwo_text) is not None
+    if m is not None and complete and (returncode == 0 or timed_out):
+        # a complete, converged output wins over a walltime kill that came after it
+        return Diagnosis(FailureClass.CONVERGED, m.group(0).strip())
     if timed_out:
         return Diagnosis(FailureClass.WALLTIME, "killed by the oracle timeout (no pw.x message)")
     m = NOT_CONVERGED_RE.search(pwo_text)
     if m:
         return Diagnosis(FailureClass.SCF_NOT_CONVERGED, m.group(0).strip())
-    m = CONVERGED_RE.search(pwo_text)
-    if m and returncode == 0 and JOB_DONE_RE.search(pwo_text):
-        return Diagnosis(FailureClass.CONVERGED, m.group(0).strip())
 
     for text in (err_text, pwo_text, crash_text):
         m = OUT_OF_MEMORY_RE.search(text)

@@ -33,6 +33,9 @@ class FailureClass:
     CRASHED: Final = "crashed"
     OUT_OF_MEMORY: Final = "out_of_memory"
     INCOMPLETE_OUTPUT: Final = "incomplete_output"
+    MIXING_FAILED: Final = "mixing_failed"
+    DEXX_NEGATIVE: Final = "dexx_negative"
+    PARALLELIZATION: Final = "parallelization"
 
     #: Every class, in the order of :data:`CLASSES` (set below from that table).
     ALL: ClassVar[tuple[str, ...]]
@@ -136,7 +139,30 @@ CLASSES: Final[tuple[ClassInfo, ...]] = (
         "the requested stress is missing or not finite: never a label; the same settings "
         "are tried once more from scratch.",
     ),
+    ClassInfo(
+        F.MIXING_FAILED,
+        False,
+        True,
+        "The charge-density mixing failed (`Error in routine broyden`: `factorization`): "
+        "the Broyden history became singular.",
+    ),
+    ClassInfo(
+        F.DEXX_NEGATIVE,
+        True,
+        False,
+        "`dexx is negative` in a hybrid-functional run: `exxdiv_treatment`, `ecutfock` or "
+        "the q-mesh must change, which changes the level of theory: fix the recipe.",
+    ),
+    ClassInfo(
+        F.PARALLELIZATION,
+        True,
+        False,
+        "The pw.x command's parallel options do not fit this structure (`some nodes have no "
+        "k-points` with too many pools, too few bands for `-nd`, FFT planes or task groups): "
+        "fix `oracle.command`; no namelist change helps.",
+    ),
 )
+
 
 FailureClass.ALL = tuple(c.name for c in CLASSES)
 
@@ -238,12 +264,36 @@ INPUT_ROUTINES_RE: Final = re.compile(
     re.I,
 )
 INPUT_MESSAGE_RE: Final = re.compile(r"reading namelist|bad line|wrong|invalid|not allowed", re.I)
+#: ``nbnd`` larger than the basis (``memory_report``): the recipe's bands for a small cell.
+MORE_BANDS_THAN_PWS_RE: Final = re.compile(r"more bands than PWs", re.I)
+#: Berry phase / electric field (``lelfield``, ``lberry``): an input that cannot work.
+G_PAR_RE: Final = re.compile(r"G_par is NOT a reciprocal lattice vector", re.I)
+DEXX_NEGATIVE_RE: Final = re.compile(r"dexx is negative", re.I)
+MIXING_ROUTINES: Final = _names("broyden", "mix_rho", "approx_screening", "approx_screening2")
+#: Parallel setup: pools without k-points (pw.x 6.4 stops, as in aiida-quantumespresso's
+#: fixtures; 6.7 runs with idle pools), ``-nd`` larger than the bands,
+#: FFT planes or task groups that do not divide.
+PARALLEL_RE: Final = re.compile(
+    r"some nodes have no k-points|too few bands for required ndiag|"
+    r"processes with no planes|invalid number of task groups|"
+    r"too many (?:pools|task groups|processors|band groups)",
+    re.I,
+)
+PARALLEL_ROUTINES: Final = _names(
+    "divide_et_impera", "check_para_diag", "task_groups_init", "mp_start_pots", "fft_type_set"
+)
+#: PPCG's QR failure: pw.x prints this line and stops with a plain ``STOP`` (exit 0, no
+#: error block, no convergence line).
+PPCG_QR_RE: Final = re.compile(r"^.*\[Q, R\] = qr\(X, 0\) failed.*$", re.M)
 
 #: The ``Error in routine`` table, in precedence order (first match wins). The
 #: permanent classes come first: a message that names a hopeless cause must not be
 #: retried because a later, broader rule also matches it.
 ERROR_RULES: Final[tuple[Rule, ...]] = (
     Rule(F.NEEDS_SPINORBIT, SPINORBIT_RE),
+    Rule(F.DEXX_NEGATIVE, DEXX_NEGATIVE_RE),
+    Rule(F.PARALLELIZATION, PARALLEL_RE),
+    Rule(F.PARALLELIZATION, routine=PARALLEL_ROUTINES),
     Rule(F.XC_CONFLICT, routine=XC_ROUTINES),
     Rule(F.XC_CONFLICT, XC_CONFLICT_RE),
     Rule(F.MISSING_PSEUDOPOTENTIAL, MISSING_PSEUDO_RE, PSEUDO_ROUTINES),
@@ -251,8 +301,11 @@ ERROR_RULES: Final[tuple[Rule, ...]] = (
     Rule(F.CHARGE_WRONG, CHARGE_WRONG_RE),
     Rule(F.DIAGONALIZATION, DIAGONALIZATION_RE),
     Rule(F.DIAGONALIZATION, routine=DIAGONALIZATION_ROUTINES),
+    Rule(F.MIXING_FAILED, routine=MIXING_ROUTINES),
     Rule(F.OUT_OF_MEMORY, OUT_OF_MEMORY_RE),
     Rule(F.WALLTIME, MAX_CPU_TIME_RE),
+    Rule(F.INPUT_ERROR, MORE_BANDS_THAN_PWS_RE, note="nbnd exceeds the plane waves"),
+    Rule(F.INPUT_ERROR, G_PAR_RE),
     Rule(
         F.MISSING_PSEUDOPOTENTIAL,
         routine=PSEUDO_ROUTINES,
@@ -263,10 +316,14 @@ ERROR_RULES: Final[tuple[Rule, ...]] = (
     Rule(F.CRASHED, note="an error block no rule knows"),
 )
 
-#: Messages pw.x prints without an error block, searched in ``.pwo`` and ``.err`` after
-#: the error-block stage and before the convergence markers (precedence: list order).
+#: Messages pw.x prints without an error block, searched in ``.pwo``, ``.err`` and
+#: ``CRASH`` after the error-block stage and before the convergence markers (precedence:
+#: list order). Only messages that stop pw.x belong here: a warning that a converged run
+#: may also print would turn a good label into a failure.
 OUTPUT_RULES: Final[tuple[Rule, ...]] = (
     Rule(F.WALLTIME, MAX_CPU_TIME_RE, note="pw.x's own max_seconds stop"),
+    Rule(F.DIAGONALIZATION, PPCG_QR_RE, note="PPCG's QR failure, then a plain STOP"),
+    Rule(F.INPUT_ERROR, G_PAR_RE, note="printed before the Berry-phase error"),
 )
 
 

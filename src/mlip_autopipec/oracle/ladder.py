@@ -204,6 +204,21 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "workspace); a second crash quarantines the structure",
         },
     ],
+    FailureClass.MIXING_FAILED: [
+        {
+            "set": {"electrons.mixing_ndim": 4},
+            "scale": {"electrons.mixing_beta": 0.5},
+            "restart": RESTART_SCRATCH,
+            "note": "Broyden 'factorization' failed: the mixing history became singular; "
+            "a shorter history and gentler beta, from scratch (the saved density is the "
+            "one the mixer choked on)",
+        },
+        {
+            "set": {"electrons.mixing_mode": "local-TF"},
+            "restart": RESTART_SCRATCH,
+            "note": "still singular: Thomas-Fermi screened mixing",
+        },
+    ],
     FailureClass.INCOMPLETE_OUTPUT: [
         {
             "restart": RESTART_SCRATCH,
@@ -470,7 +485,12 @@ def plan_next(
             continue
         if not _conditions_hold(step, trend, last.message, current):
             continue
-        params = apply_step(current, step)
+        try:
+            params = apply_step(current, step)
+        except (TypeError, ValueError):
+            # e.g. a scale of a key that is unset (no pw.x default) or not a number: the
+            # step does not apply to this structure; planning must never raise
+            continue
         if (step.get("set") or step.get("scale") or step.get("kspacing")) and params == current:
             # the step exists to change something it finds already in place
             continue
