@@ -22,6 +22,7 @@ from transitions import EventData, Machine
 from transitions.core import MachineError
 
 from mlip_autopipec.errors import AutopipecError
+from mlip_autopipec.oracle.failures import PERMANENT
 
 if TYPE_CHECKING:
     from mlip_autopipec.lifecycle.store import Store
@@ -38,11 +39,8 @@ STATES: list[str] = [PENDING, RUNNING, SCF_RETRY, LABELLED, FAILED, TRAINED]
 #: Terminal for labelling: the runner never submits work for these again.
 DONE_STATES = frozenset({LABELLED, FAILED, TRAINED})
 
-#: Failure classes that no retry can fix (mirrors ``mlip_autopipec.oracle.PERMANENT``,
-#: used when the oracle package is not importable, e.g. in a lifecycle-only install).
-DEFAULT_PERMANENT = frozenset(
-    {"missing_pseudopotential", "xc_conflict", "needs_spinorbit", "overlapping_atoms"}
-)
+#: Failure classes that no retry can fix: the one copy is ``oracle.failures.PERMANENT``.
+DEFAULT_PERMANENT = PERMANENT
 
 TRANSITIONS: list[dict[str, Any]] = [
     # an attempt is about to be submitted

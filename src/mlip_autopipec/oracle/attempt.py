@@ -7,6 +7,7 @@ does: every outcome is an :class:`AttemptResult` with exactly one failure class.
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import time
@@ -290,18 +291,67 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
         return _result(req, diag, restart, **common)
     try:
         props = template.read_results(directory)
-        forces = props.get("forces")
-        stress = props.get("stress")
-        return _result(
-            req,
-            diag,
-            restart,
-            energy=float(props["energy"]),
-            free_energy=float(props.get("free_energy", props["energy"])),
-            forces=None if forces is None else np.asarray(forces, dtype=float),
-            stress=None if stress is None else np.asarray(stress, dtype=float),
-            **common,
-        )
     except Exception as exc:  # noqa: BLE001 - ASE's parser raises many types on bad output
-        bad = Diagnosis(FailureClass.CRASHED, f"converged but the output cannot be parsed: {exc}")
+        bad = Diagnosis(
+            FailureClass.INCOMPLETE_OUTPUT, f"converged but the output cannot be parsed: {exc}"
+        )
         return _result(req, bad, restart, **common)
+    label, problem = complete_label(
+        props, len(req.atoms), stress_requested=_truthy(req.input_data, "control", "tstress")
+    )
+    if problem is not None:
+        return _result(req, Diagnosis(FailureClass.INCOMPLETE_OUTPUT, problem), restart, **common)
+    return _result(req, diag, restart, **label, **common)
+
+
+def _truthy(input_data: Mapping[str, Mapping[str, Any]], section: str, key: str) -> bool:
+    for name, values in input_data.items():
+        if str(name).lower() == section and isinstance(values, Mapping):
+            return bool(values.get(key, False))
+    return False
+
+
+def complete_label(
+    props: Mapping[str, Any], natoms: int, *, stress_requested: bool
+) -> tuple[dict[str, Any], str | None]:
+    """The label fields from ASE's parsed results, or the reason they are not a label.
+
+    A label needs a finite energy and free energy, a finite force on every one of the
+    ``natoms`` atoms and, when ``tstress`` was set, a finite stress. Anything else is an
+    output that claims convergence without the numbers (a truncated block, a ``NaN`` or
+    ``Infinity`` printed by pw.x): class ``incomplete_output``, never a label.
+    """
+    fields_: dict[str, Any] = {}
+    for key in ("energy", "free_energy"):
+        value = props.get(key, props.get("energy")) if key == "free_energy" else props.get(key)
+        if value is None:
+            return {}, f"converged but incomplete output: no {key.replace('_', ' ')}"
+        number = float(value)
+        if not math.isfinite(number):
+            return {}, f"converged but incomplete output: {key.replace('_', ' ')} is {number}"
+        fields_[key] = number
+    forces = props.get("forces")
+    if forces is None:
+        return {}, "converged but incomplete output: no forces block"
+    try:
+        f = np.asarray(forces, dtype=float)
+    except (TypeError, ValueError):
+        return {}, "converged but incomplete output: the forces block cannot be read"
+    if f.shape != (natoms, 3):
+        have = f.shape[0] if f.ndim == 2 else 0
+        return {}, f"converged but incomplete output: forces for {have} of {natoms} atoms"
+    if not np.isfinite(f).all():
+        atom = int(np.argwhere(~np.isfinite(f))[0][0]) + 1
+        return {}, f"converged but incomplete output: the force on atom {atom} is not finite"
+    fields_["forces"] = f
+    stress = props.get("stress")
+    if stress is None:
+        if stress_requested:
+            return {}, "converged but incomplete output: tstress was set but no stress block"
+        fields_["stress"] = None
+    else:
+        s = np.asarray(stress, dtype=float)
+        if s.shape != (6,) or not np.isfinite(s).all():
+            return {}, "converged but incomplete output: the stress is not finite"
+        fields_["stress"] = s
+    return fields_, None

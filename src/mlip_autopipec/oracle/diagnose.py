@@ -1,19 +1,23 @@
 """Diagnosis of one finished pw.x attempt: exactly one failure class per attempt.
 
 Parsing is pure text matching on the exit code, ``espresso.pwo``, ``espresso.err`` and
-pw.x's ``CRASH`` file; the output markers are the named regular expressions below, so a
-reader can check them against pw.x's sources (``Modules/error_handler.f90`` prints
-``Error in routine NAME (N):`` followed by the message; ``N`` changes from run to run,
-e.g. ``cdiaghg (35)`` / ``cdiaghg (39)``).
+pw.x's ``CRASH`` file. The message -> class table and the classes themselves live in
+:mod:`mlip_autopipec.oracle.failures` (``ERROR_RULES``, ``OUTPUT_RULES``: lists, so the
+order is the precedence); this module extracts the messages and applies the stages below
+in order (``Modules/error_handler.f90`` prints ``Error in routine NAME (N):`` followed by
+the message; ``N`` changes from run to run, e.g. ``cdiaghg (35)`` / ``cdiaghg (39)``).
 
-Precedence (first match wins), so that every attempt gets exactly one class:
+Stages (first match wins), so that every attempt gets exactly one class:
 
-1. an ``Error in routine`` block (in ``.pwo``, else in ``CRASH``): permanent classes,
-   then charge/diagonalisation/memory/input/walltime messages, else ``crashed``;
-2. ``Maximum CPU time exceeded`` (pw.x's ``max_seconds``) -> ``walltime``;
-3. our own timeout killed the process -> ``walltime``;
-4. ``convergence NOT achieved`` -> ``scf_not_converged``;
-5. ``convergence has been achieved`` with a zero exit code -> ``converged``;
+1. an ``Error in routine`` block (in ``.pwo``, else in ``CRASH``, else in ``.err``):
+   classified by ``failures.ERROR_RULES``;
+2. a message of ``failures.OUTPUT_RULES`` in ``.pwo`` or ``.err`` (``Maximum CPU time
+   exceeded`` -> ``walltime``, ...);
+3. ``convergence has been achieved`` and ``JOB DONE.`` with a zero exit code, or killed
+   by our timeout after it had written both -> ``converged`` (a complete output wins
+   over the walltime flag);
+4. our own timeout killed the process -> ``walltime``;
+5. ``convergence NOT achieved`` -> ``scf_not_converged``;
 6. memory messages or death by SIGKILL without a message -> ``out_of_memory``;
 7. anything else (non-zero exit, truncated or garbage output) -> ``crashed``.
 """
@@ -27,53 +31,26 @@ from typing import Final
 
 from ase.units import Ry
 
-
-class FailureClass:
-    """The failure classes (plain ``str`` constants, stored as text in the lifecycle store)."""
-
-    CONVERGED: Final = "converged"
-    SCF_NOT_CONVERGED: Final = "scf_not_converged"
-    CHARGE_WRONG: Final = "charge_wrong"
-    DIAGONALIZATION: Final = "diagonalization"
-    WALLTIME: Final = "walltime"
-    INPUT_ERROR: Final = "input_error"
-    MISSING_PSEUDOPOTENTIAL: Final = "missing_pseudopotential"
-    XC_CONFLICT: Final = "xc_conflict"
-    NEEDS_SPINORBIT: Final = "needs_spinorbit"
-    OVERLAPPING_ATOMS: Final = "overlapping_atoms"
-    CRASHED: Final = "crashed"
-    OUT_OF_MEMORY: Final = "out_of_memory"
-
-    ALL: Final = (
-        CONVERGED,
-        SCF_NOT_CONVERGED,
-        CHARGE_WRONG,
-        DIAGONALIZATION,
-        WALLTIME,
-        INPUT_ERROR,
-        MISSING_PSEUDOPOTENTIAL,
-        XC_CONFLICT,
-        NEEDS_SPINORBIT,
-        OVERLAPPING_ATOMS,
-        CRASHED,
-        OUT_OF_MEMORY,
-    )
-
-
-#: Classes that no retry step can fix: never retried, the structure is quarantined.
-PERMANENT: Final = frozenset(
-    {
-        FailureClass.MISSING_PSEUDOPOTENTIAL,
-        FailureClass.XC_CONFLICT,
-        FailureClass.NEEDS_SPINORBIT,
-        FailureClass.OVERLAPPING_ATOMS,
-    }
+from mlip_autopipec.oracle.failures import (
+    OUT_OF_MEMORY_RE,
+    PERMANENT,
+    RETRYABLE,
+    FailureClass,
+    classify_error,
+    match_output,
 )
 
-#: Classes a ladder may retry (everything that is neither success nor permanent).
-RETRYABLE: Final = tuple(
-    c for c in FailureClass.ALL if c != FailureClass.CONVERGED and c not in PERMANENT
-)
+__all__ = [
+    "PERMANENT",
+    "RETRYABLE",
+    "Diagnosis",
+    "FailureClass",
+    "ScfInfo",
+    "diagnose",
+    "parse_scf",
+    "parse_version",
+]
+
 
 # --- output markers -------------------------------------------------------------------
 
@@ -89,70 +66,9 @@ SCF_ITERATION_RE: Final = re.compile(r"^\s*iteration #\s*(\d+)\s+ecut=", re.M)
 SCF_ACCURACY_RE: Final = re.compile(r"^\s*estimated scf accuracy\s+<\s+([-+0-9.EeDd]+)\s+Ry", re.M)
 #: The final (``!``) block repeats the last accuracy; only iteration blocks are counted.
 FINAL_ENERGY_RE: Final = re.compile(r"^!\s+total energy", re.M)
-MAX_CPU_TIME_RE: Final = re.compile(r"^.*Maximum CPU time exceeded.*$", re.M)
 JOB_DONE_RE: Final = re.compile(r"JOB DONE\.")
 PW_VERSION_RE: Final = re.compile(r"^\s*Program PWSCF\s+v\.(\S+)", re.M)
 
-# Messages (searched in the text of an ``Error in routine`` block or the whole output).
-CHARGE_WRONG_RE: Final = re.compile(r"charge is wrong", re.I)
-DIAGONALIZATION_RE: Final = re.compile(
-    r"problems computing cholesky|S matrix not positive definite|"
-    r"too many bands are not converged|zhegvd? failed|dsygvd? failed|zheev\w* failed|"
-    r"eigenvectors failed to converge|diagonalization failed",
-    re.I,
-)
-#: Eigensolver routines: an unrecognised error raised in one of them is still a
-#: diagonalisation failure.
-DIAGONALIZATION_ROUTINES: Final = frozenset(
-    {
-        "cdiaghg",
-        "rdiaghg",
-        "cegterg",
-        "regterg",
-        "pcegterg",
-        "pregterg",
-        "ccgdiagg",
-        "rcgdiagg",
-        "ppcg_k",
-        "ppcg_gamma",
-        "paro_k",
-        "paro_gamma",
-        "c_bands",
-        "cdiagh",
-        "rdiagh",
-        "laxlib_cdiaghg",
-        "pcdiaghg",
-        "prdiaghg",
-    }
-)
-MISSING_PSEUDO_RE: Final = re.compile(
-    r"not found|cannot open|file .* not|no such file|error reading|wrong pseudopotential", re.I
-)
-PSEUDO_ROUTINES: Final = frozenset({"readpp", "read_pseudo", "upf_read", "import_upf"})
-XC_CONFLICT_RE: Final = re.compile(
-    r"conflicting values for i\w+|dft is already set|inconsistent dft|"
-    r"mismatch.*functional|enforce_input_dft",
-    re.I,
-)
-XC_ROUTINES: Final = frozenset({"set_dft_from_name", "set_dft_from_indices", "enforce_input_dft"})
-SPINORBIT_RE: Final = re.compile(r"FR-PP please use lspinorb", re.I)
-OVERLAP_RE: Final = re.compile(
-    r"atoms?\s+#?\s*\d+\s+and\s+#?\s*\d+\s+overlap|overlapping atoms", re.I
-)
-OUT_OF_MEMORY_RE: Final = re.compile(
-    r"cannot allocate|error allocating|allocation (?:failed|error)|not enough memory|"
-    r"out of memory|std::bad_alloc|"
-    r"insufficient virtual memory|Allocation would exceed memory limit|oom-kill",
-    re.I,
-)
-#: Input checks of pw.x (``iosys`` and the namelist/card readers): some are fixable by a
-#: step (``fixed occupations and lsda need tot_magnetization`` -> smearing).
-INPUT_ROUTINES_RE: Final = re.compile(
-    r"^(iosys|read_namelists|read_cards|card_\w+|readin\w*|cell_base_init|setup|input|"
-    r"check_\w+|sm_not_set|read_line|namelist\w*|\w*_readin|set_nks\w*|iosys\w*)$",
-    re.I,
-)
-INPUT_MESSAGE_RE: Final = re.compile(r"reading namelist|bad line|wrong|invalid|not allowed", re.I)
 #: Fortran runtime errors and signals that pw.x prints when it dies without an error block.
 FORTRAN_RUNTIME_RE: Final = re.compile(
     r"^.*(Program received signal \w+.*|Fortran runtime error.*|Segmentation fault.*)$", re.M
@@ -233,32 +149,6 @@ def _error_block(text: str, routine_re: re.Pattern[str]) -> tuple[str, str, str]
     return m.group(1), header, msg
 
 
-def _classify_error(routine: str, msg: str) -> str:
-    name = routine.lower()
-    if SPINORBIT_RE.search(msg):
-        return FailureClass.NEEDS_SPINORBIT
-    if name in XC_ROUTINES or XC_CONFLICT_RE.search(msg):
-        return FailureClass.XC_CONFLICT
-    if name in PSEUDO_ROUTINES and MISSING_PSEUDO_RE.search(msg):
-        return FailureClass.MISSING_PSEUDOPOTENTIAL
-    if OVERLAP_RE.search(msg):
-        return FailureClass.OVERLAPPING_ATOMS
-    if CHARGE_WRONG_RE.search(msg):
-        return FailureClass.CHARGE_WRONG
-    if DIAGONALIZATION_RE.search(msg) or name in DIAGONALIZATION_ROUTINES:
-        return FailureClass.DIAGONALIZATION
-    if OUT_OF_MEMORY_RE.search(msg):
-        return FailureClass.OUT_OF_MEMORY
-    if MAX_CPU_TIME_RE.search(msg):
-        return FailureClass.WALLTIME
-    if name in PSEUDO_ROUTINES:
-        # an unreadable/corrupt pseudopotential is as hopeless as a missing one
-        return FailureClass.MISSING_PSEUDOPOTENTIAL
-    if INPUT_ROUTINES_RE.match(name) or INPUT_MESSAGE_RE.search(msg):
-        return FailureClass.INPUT_ERROR
-    return FailureClass.CRASHED
-
-
 def _signal_of(returncode: int) -> int | None:
     if returncode < 0:
         return -returncode
@@ -283,6 +173,7 @@ def diagnose(
     for text, routine_re in (
         (pwo_text, ERROR_ROUTINE_RE),
         (crash_text, CRASH_ROUTINE_RE),
+        (crash_text, ERROR_ROUTINE_RE),
         (err_text, ERROR_ROUTINE_RE),
     ):
         block = _error_block(text, routine_re)
@@ -292,19 +183,22 @@ def diagnose(
                 # rebuild the .pwo form of the header from the CRASH file's
                 number = header.split("#")[-1].strip()
                 header = f"Error in routine {routine} ({number}):"
-            return Diagnosis(_classify_error(routine, msg), f"{header} {msg}".strip())
+            return Diagnosis(classify_error(routine, msg), f"{header} {msg}".strip())
 
-    m = MAX_CPU_TIME_RE.search(pwo_text)
-    if m:
-        return Diagnosis(FailureClass.WALLTIME, m.group(0).strip())
+    for text in (pwo_text, err_text, crash_text):
+        found = match_output(text)
+        if found is not None:
+            return Diagnosis(*found)
+    m = CONVERGED_RE.search(pwo_text)
+    complete = m is not None and JOB_DONE_RE.search(pwo_text) is not None
+    if m is not None and complete and (returncode == 0 or timed_out):
+        # a complete, converged output wins over a walltime kill that came after it
+        return Diagnosis(FailureClass.CONVERGED, m.group(0).strip())
     if timed_out:
         return Diagnosis(FailureClass.WALLTIME, "killed by the oracle timeout (no pw.x message)")
     m = NOT_CONVERGED_RE.search(pwo_text)
     if m:
         return Diagnosis(FailureClass.SCF_NOT_CONVERGED, m.group(0).strip())
-    m = CONVERGED_RE.search(pwo_text)
-    if m and returncode == 0 and JOB_DONE_RE.search(pwo_text):
-        return Diagnosis(FailureClass.CONVERGED, m.group(0).strip())
 
     for text in (err_text, pwo_text, crash_text):
         m = OUT_OF_MEMORY_RE.search(text)

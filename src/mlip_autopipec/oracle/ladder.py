@@ -14,6 +14,9 @@ A ladder maps a failure class to an ordered list of *steps*. A step is plain dat
     {"only_if": {"system.occupations": ["fixed", None]}} # only if the current parameters
                                                         # hold one of these values (None:
                                                         # unset)
+    {"repeat": true}                                    # may repeat an already tried
+                                                        # parameter set (a fault of the
+                                                        # run, not of the settings)
     {"note": "why this step"}
 
 Planning rules (:func:`plan_next`):
@@ -23,7 +26,8 @@ Planning rules (:func:`plan_next`):
 * ``max_attempts`` bounds the total number of attempts;
 * permanent classes (:data:`PERMANENT`) are never retried;
 * every step is used at most once per structure, and a step that would repeat an already
-  tried parameter set (parameters + restart mode) is skipped, and so is a step whose
+  tried parameter set (parameters + restart mode) is skipped unless it says
+  ``repeat: true``, and so is a step whose
   ``set``/``scale`` changes nothing (e.g. "use smearing" when smearing is already on);
 * the next step is the first unused step of the last attempt's class whose ``when``,
   ``match`` and ``only_if`` conditions hold, so the SCF accuracy trajectory of the failed
@@ -61,7 +65,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from mlip_autopipec.oracle.diagnose import PERMANENT, RETRYABLE, FailureClass
+from mlip_autopipec.oracle.failures import PERMANENT, RETRYABLE, FailureClass, classes_markdown
 
 RESTART_SCRATCH: Final = "scratch"
 RESTART_CHARGE_DENSITY: Final = "charge_density"
@@ -200,6 +204,29 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "workspace); a second crash quarantines the structure",
         },
     ],
+    FailureClass.MIXING_FAILED: [
+        {
+            "set": {"electrons.mixing_ndim": 4},
+            "scale": {"electrons.mixing_beta": 0.5},
+            "restart": RESTART_SCRATCH,
+            "note": "Broyden 'factorization' failed: the mixing history became singular; "
+            "a shorter history and gentler beta, from scratch (the saved density is the "
+            "one the mixer choked on)",
+        },
+        {
+            "set": {"electrons.mixing_mode": "local-TF"},
+            "restart": RESTART_SCRATCH,
+            "note": "still singular: Thomas-Fermi screened mixing",
+        },
+    ],
+    FailureClass.INCOMPLETE_OUTPUT: [
+        {
+            "restart": RESTART_SCRATCH,
+            "repeat": True,
+            "note": "converged but energy/forces/stress missing or not finite: the same "
+            "settings once more from scratch; a second such output quarantines the structure",
+        },
+    ],
     FailureClass.OUT_OF_MEMORY: [
         {
             "set": {"electrons.diagonalization": "cg"},
@@ -212,7 +239,7 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
 DEFAULT_MAX_ATTEMPTS: Final = 6
 
 STEP_KEYS: Final = frozenset(
-    {"set", "scale", "kspacing", "restart", "when", "match", "only_if", "note"}
+    {"set", "scale", "kspacing", "restart", "when", "match", "only_if", "repeat", "note"}
 )
 
 
@@ -348,6 +375,8 @@ def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
                 for t in [when] if isinstance(when, str) else when:
                     if t not in TRENDS:
                         problems.append(f"{where}: when={t!r} is not one of {list(TRENDS)}")
+            if "repeat" in step and not isinstance(step["repeat"], bool):
+                problems.append(f"{where}: repeat must be true or false")
             if step.get("only_if") is not None and not isinstance(step["only_if"], Mapping):
                 problems.append(f"{where}: only_if must map dotted keys to allowed values")
             if step.get("match") is not None:
@@ -456,7 +485,12 @@ def plan_next(
             continue
         if not _conditions_hold(step, trend, last.message, current):
             continue
-        params = apply_step(current, step)
+        try:
+            params = apply_step(current, step)
+        except (TypeError, ValueError):
+            # e.g. a scale of a key that is unset (no pw.x default) or not a number: the
+            # step does not apply to this structure; planning must never raise
+            continue
         if (step.get("set") or step.get("scale") or step.get("kspacing")) and params == current:
             # the step exists to change something it finds already in place
             continue
@@ -464,7 +498,7 @@ def plan_next(
         if restart == RESTART_CHARGE_DENSITY and not density_available:
             restart = RESTART_SCRATCH
         diff = _restart_diff(params_diff(base, params), restart)
-        if _key(diff) in tried:
+        if _key(diff) in tried and not step.get("repeat"):
             continue
         record = {"ladder": last.failure_class, "index": index, "trend": trend, **step}
         return Plan(len(history) + 1, record, params, diff, restart)
@@ -508,3 +542,34 @@ def default_ladder_markdown(
     rows.append("")
     rows.append(f"Never retried (permanent): {perm}.")
     return "\n".join(rows)
+
+
+def failure_docs_markdown() -> str:
+    """``docs/failure-classes.md``: the classes and the default ladder, from the tables.
+
+    Regenerate with ``python -m mlip_autopipec.oracle.ladder > docs/failure-classes.md``.
+    """
+    return "\n".join(
+        [
+            "# Failure classes and the default retry ladder",
+            "",
+            "Generated from `mlip_autopipec/oracle/failures.py` (`CLASSES`) and",
+            "`mlip_autopipec/oracle/ladder.py` (`DEFAULT_LADDERS`); regenerate with",
+            "`python -m mlip_autopipec.oracle.ladder > docs/failure-classes.md`.",
+            "",
+            "## Classes",
+            "",
+            classes_markdown(),
+            "",
+            "## Default ladder",
+            "",
+            "A recipe's `oracle.retry.ladders.<class>` replaces the ladder of that class.",
+            "",
+            default_ladder_markdown(),
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    print(failure_docs_markdown(), end="")
