@@ -63,7 +63,12 @@ def si_request(
         argv=argv,
         pseudo_dir=PSEUDO_DIR,
         pseudopotentials={"Si": SI_PSEUDO},
-        input_data={"system": {"ecutwfc": ecutwfc}, "electrons": {"conv_thr": 1.0e-8}},
+        input_data={
+            # what the oracle always sets: a label needs forces and stress
+            "control": {"tprnfor": True, "tstress": True},
+            "system": {"ecutwfc": ecutwfc},
+            "electrons": {"conv_thr": 1.0e-8},
+        },
         kspacing=None,
         kpts=(kpts, kpts, kpts),
         koffset=(0, 0, 0),
