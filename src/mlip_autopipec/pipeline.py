@@ -182,7 +182,7 @@ def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
         test_ids=[int(i) for i in fit.test_ids],
     )
     store.mark_trained([int(i) for i in (*fit.train_ids, *fit.test_ids)], pid)
-    for note in getattr(fit, "notes", ()) or ():
+    for note in fit.warnings:  # notes + "did not converge"
         _say(f"autopipec: note: {note}")
     e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
     _say(

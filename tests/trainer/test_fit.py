@@ -150,13 +150,10 @@ def test_zbl_core_repulsion_switches_on_at_short_range(si_dataset, tmp_path: Pat
 
     block = BBasisConfiguration(str(fit.potential_yaml)).funcspecs_blocks[0]
     assert block.inner_cutoff_type == "zbl"
-    # pacemaker put the inner cutoff at the shortest distance of the training set
-    shortest = min(
-        float(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]))
-        for a in si_dataset
-        if str(a.info["structure_id"]) in fit.train_ids
-    )
-    assert block.r_in == pytest.approx(shortest, abs=0.05)
+    # Issue 11.6: the inner cutoff comes from the covalent radii (0.75 x 2 x 1.11 Å), not
+    # from the shortest distance of the training set, and is recorded with the potential.
+    assert block.r_in == pytest.approx(1.665)
+    assert fit.baseline["pairs"]["Si-Si"]["r_in"] == pytest.approx(1.665)
     from ase import Atoms
 
     calc = load_calculator(tmp_path)

@@ -8,6 +8,8 @@ import pytest
 from ase.calculators.lj import LennardJones
 from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import needs_pacemaker
+from hypothesis import given
+from hypothesis import strategies as st
 from ruamel.yaml import YAML
 from si_data import si_cells
 
@@ -18,6 +20,7 @@ from mlip_autopipec.trainer.config import with_defaults
 from mlip_autopipec.trainer.dataset import build_dataframe, write_dataframe
 from mlip_autopipec.trainer.fit import resolve_command
 from mlip_autopipec.trainer.input_yaml import build_input, dump_yaml, write_input
+from mlip_autopipec.trainer.zbl import pair_key, zbl_cutoffs
 
 
 def _input(**over):
@@ -54,19 +57,61 @@ def test_backend_section_always_written():
     assert "ladder_step" not in _input()["fit"]
 
 
-def test_zbl_auto_and_explicit_inner_cutoff():
-    auto = _input(physics_baseline={"type": "ZBL"})
-    assert auto["fit"]["repulsion"] == "auto"
-    assert "inner_cutoff_type" not in auto["potential"]["bonds"]["ALL"]
-    explicit = _input(physics_baseline={"type": "ZBL", "inner_cutoff": 1.2})
-    bonds = explicit["potential"]["bonds"]["ALL"]
-    assert (bonds["inner_cutoff_type"], bonds["r_in"]) == ("zbl", 1.2)
+def test_zbl_inner_cutoff_from_covalent_radii_or_recipe_never_from_data():
+    # Issue 11.6: the inner cutoff is physics (covalent radii), not pacemaker's
+    # `repulsion: auto` (the shortest distance in the training set).
+    rule = _input(physics_baseline={"type": "ZBL"})
+    assert "repulsion" not in rule["fit"]
+    si = rule["potential"]["bonds"]["Si"]
+    assert si["inner_cutoff_type"] == "zbl"
+    assert si["r_in"] == pytest.approx(0.75 * 2 * 1.11)  # ase.data.covalent_radii[Si]
+    assert si["delta_in"] == pytest.approx(0.25 * 2 * 1.11)
+    explicit = _input(physics_baseline={"type": "ZBL", "inner_cutoff": 1.2, "delta_in": 0.3})
+    bonds = explicit["potential"]["bonds"]["Si"]
+    assert (bonds["inner_cutoff_type"], bonds["r_in"], bonds["delta_in"]) == ("zbl", 1.2, 0.3)
     assert "repulsion" not in explicit["fit"]
     # LJ is handled outside pacemaker: nothing in the potential section.
     lj = _input(physics_baseline={"type": "LJ", "epsilon": 0.01, "sigma": 2.0, "rc": 5.0})
-    assert (
-        "inner_cutoff_type" not in lj["potential"]["bonds"]["ALL"] and "repulsion" not in lj["fit"]
+    assert list(lj["potential"]["bonds"]) == ["ALL"] and "repulsion" not in lj["fit"]
+    assert "inner_cutoff_type" not in lj["potential"]["bonds"]["ALL"]
+
+
+def test_zbl_cutoffs_per_pair():
+    cfg = with_defaults(
+        {"physics_baseline": {"type": "ZBL", "inner_cutoff": {"Si-C": 1.3}, "delta_in": 0.2}}
     )
+    pairs = zbl_cutoffs(cfg["physics_baseline"], ["Si", "C"])
+    assert sorted(pairs) == ["C-C", "C-Si", "Si-Si"]
+    assert pairs["C-Si"]["r_in"] == 1.3 and pairs["C-Si"]["source"] == "recipe"
+    assert pairs["C-C"]["r_in"] == pytest.approx(0.75 * 2 * 0.76)
+    assert all(p["delta_in"] == 0.2 for p in pairs.values())
+    data = build_input(cfg, elements=["C", "Si"], train_file="t", test_file=None, zbl=pairs)
+    assert data["potential"]["bonds"]["CSi"]["r_in"] == 1.3
+    assert data["potential"]["bonds"]["Si"]["r_in"] == pytest.approx(1.665)
+    with pytest.raises(TrainerError, match="not a pair"):
+        zbl_cutoffs({"type": "ZBL", "inner_cutoff": {"Si-Ge": 1.0}}, ["Si", "C"])
+    with pytest.raises(TrainerError, match="zero distance"):
+        zbl_cutoffs({"type": "ZBL", "inner_cutoff": 0.5, "delta_in": 0.6}, ["Si"])
+
+
+@given(
+    st.lists(
+        st.sampled_from(["H", "C", "O", "Si", "Fe", "W"]), min_size=1, max_size=4, unique=True
+    ),
+    st.floats(0.3, 1.2),
+    st.floats(0.05, 0.29),
+)
+def test_zbl_rule_is_symmetric_and_switch_stays_above_zero(elements, f_in, f_delta):
+    pairs = zbl_cutoffs(
+        {"type": "ZBL", "inner_fraction": f_in, "delta_fraction": f_delta}, elements
+    )
+    n = len(elements)
+    assert len(pairs) == n * (n + 1) // 2
+    for key, p in pairs.items():
+        a, b = key.split("-")
+        assert pair_key(b, a) == key
+        assert 0 < p["r_in"] - p["delta_in"] < p["r_in"]
+        assert p["r_in"] == pytest.approx(f_in * p["covalent_radii_sum"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -139,5 +184,8 @@ def test_pacemaker_dry_run_accepts_generated_input(tmp_path: Path, over):
     if "inner_cutoff" in cfg["physics_baseline"]:
         assert block.inner_cutoff_type == "zbl"
         assert block.r_in == pytest.approx(1.5)
+    elif cfg["physics_baseline"]["type"] == "ZBL":  # the covalent-radii rule (issue 11.6)
+        assert block.inner_cutoff_type == "zbl"
+        assert block.r_in == pytest.approx(0.75 * 2 * 1.11)
     else:
         assert block.inner_cutoff_type == "distance"
