@@ -42,6 +42,8 @@ PHYSICS = [
     {"elements": ["Si", "C"]},
     {"backend": "tensorpot"},
     {"ladder_step": 3},
+    {"min_loss_change": 1e-3},
+    {"loss_patience": 10},
     {"physics_baseline": {"type": "ZBL"}},
     {"physics_baseline": {"type": "ZBL", "inner_cutoff": 1.2}},
     {"physics_baseline": {"type": "LJ", "epsilon": 0.1, "sigma": 2.0}},

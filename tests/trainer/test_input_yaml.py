@@ -49,6 +49,13 @@ def test_recipe_keys_map_to_pacemaker_keys():
     assert data["data"] == {"filename": "train.pckl.gzip", "test_filename": "t.pckl.gzip"}
 
 
+def test_convergence_keys_map_to_pacemaker_early_stopping():
+    fit = _input(min_loss_change=1e-3, loss_patience=40)["fit"]
+    assert fit["min_relative_train_loss_per_iter"] == 1e-3
+    assert fit["early_stopping_patience"] == 40
+    assert "min_relative_train_loss_per_iter" not in _input(min_loss_change=None)["fit"]
+
+
 def test_backend_section_always_written():
     for backend in ("pyace", "tensorpot"):
         text = dump_yaml(_input(backend=backend))

@@ -119,6 +119,14 @@ def test_optimiser_verdicts(verdict, converged):
 
 
 def test_early_stopping_counts_as_converged_and_no_verdict_does_not():
-    stop = "2026 I - EARLY STOPPING: Too small or even positive TRAIN loss change. Stopping\n"
-    assert fit_progress(stop).converged and "early stop" in fit_progress(stop).message
+    # as pacemaker 0.4.0rc1 logs it (fit.min_relative_train_loss_per_iter)
+    stop = (
+        "2026 I - EARLY STOPPING: Too small or even positive TRAIN loss change (best=-3.05e-02"
+        "  / iter, last=-2.30e-02/iter, threshold = -5.00e-02/iter) within last 3 iterations."
+        " Stopping\n2026 I - Optimization result(success=False, status=99, message=`callback`"
+        " raised `StopIteration`., nfev=72, njev=9)\n"
+    )
+    progress = fit_progress(stop)
+    assert progress.converged and progress.status == 99
+    assert progress.message.startswith("early stop: Too small")
     assert not fit_progress("").converged

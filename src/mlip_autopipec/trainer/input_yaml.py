@@ -63,6 +63,11 @@ def build_input(
         "optimizer": "BFGS",
         "maxiter": int(cfg["max_epochs"]),
     }
+    if cfg.get("min_loss_change") is not None:
+        # pacemaker's own stop: over `patience` iterations no train-loss decrease larger
+        # than this fraction per iteration (generalfit.detect_early_stopping).
+        fit["min_relative_train_loss_per_iter"] = float(cfg["min_loss_change"])
+        fit["early_stopping_patience"] = int(cfg["loss_patience"])
     if cfg.get("ladder_step") is not None:
         fit["ladder_step"] = cfg["ladder_step"]
         fit["ladder_type"] = "power_order"

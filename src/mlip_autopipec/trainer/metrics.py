@@ -147,7 +147,9 @@ def fit_progress(log_text: str) -> FitProgress:
     early = False
     for line in log_text.splitlines():
         if m := _OPT_RESULT.search(line):
-            status, message = int(m["status"]), m["message"].strip().rstrip(".") + "."
+            status = int(m["status"])
+            if not early:  # after an early stop scipy only says "`callback` raised ..."
+                message = m["message"].strip().rstrip(".") + "."
             continue
         if m := _EARLY_STOP.search(line):
             early, message = True, "early stop: " + m["message"].strip()
