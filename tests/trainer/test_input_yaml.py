@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,53 @@ def test_pacemaker_dry_run_accepts_generated_input(tmp_path: Path, over):
         assert block.r_in == pytest.approx(0.75 * 2 * 1.11)
     else:
         assert block.inner_cutoff_type == "distance"
+
+
+def _previous_fit(folder: Path, species: str, fingerprint: str) -> Path:
+    """A previous fit folder as the trainer leaves it (only what write_inputs reads)."""
+    folder.mkdir()
+    (folder / "output_potential.yaml").write_text(f"species:\n  - speciesblock: {species}\n")
+    (folder / "potential.json").write_text(
+        json.dumps(
+            {
+                "settings_fingerprint": fingerprint,
+                "basis_size": 7,
+                "baseline": {"reference_energies": {"Si": -1.5}, "reference_method": "x"},
+            }
+        )
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("refit", "species", "same_settings", "continued", "note"),
+    [
+        ("continue", "Si", True, True, None),
+        ("fresh", "Si", True, False, None),
+        ("continue", "C", True, False, "is for ['C']"),
+        ("continue", "Si", False, False, "settings changed"),
+    ],
+)
+def test_write_inputs_continues_only_from_a_matching_potential(
+    tmp_path: Path, refit, species, same_settings, continued, note
+):
+    from mlip_autopipec.trainer.config import settings_fingerprint
+    from mlip_autopipec.trainer.pacemaker import PacemakerTrainer
+
+    cfg = {"refit": refit, "max_epochs": 5}
+    fingerprint = settings_fingerprint(cfg if same_settings else {"max_epochs": 6})
+    previous = _previous_fit(tmp_path / "fit-001", species, fingerprint)
+    workdir = tmp_path / "fit-002"
+    PacemakerTrainer().write_inputs(_lj_labelled(5), cfg, workdir, initial_potential=previous)
+    inputs = json.loads((workdir / "fit_inputs.json").read_text())
+    text = (workdir / "input.yaml").read_text()
+    assert ("filename: initial_potential.yaml" in text) is continued
+    assert (workdir / "initial_potential.yaml").is_file() is continued
+    if continued:  # the previous shape and targets are kept
+        assert inputs["basis_size"] == 7
+        assert inputs["baseline"]["reference_energies"] == {"Si": -1.5}
+    else:
+        assert "functions" in YAML(typ="safe").load(text)["potential"]
+    notes = " ".join(inputs["notes"])
+    assert (note in notes) if note else "refit from scratch" not in notes
+    assert inputs["settings_fingerprint"] == settings_fingerprint(cfg)
