@@ -132,6 +132,16 @@ def test_lj_delta_learning_reproduces_held_out_dft(si_dataset, tmp_path: Path):
     lj = baseline_calculator(baseline)
     assert lj is not None
     assert abs(baseline_labels(lj, held_out[0])[0]) > 1e-3
+    # the .yace cannot hold the LJ part: potential.json says so, and .yace + LJ is the model
+    from pyace import PyACECalculator
+
+    assert "LJ baseline" in fit.baseline["not_in_yace"]
+    probe = held_out[0].copy()
+    probe.calc = PyACECalculator(str(fit.yace))
+    e_yace = probe.get_potential_energy()
+    probe.calc = calc
+    e_lj = baseline_labels(lj, held_out[0])[0]
+    assert (e_yace + e_lj - probe.get_potential_energy()) / len(probe) == pytest.approx(0, abs=1e-6)
 
 
 def test_no_potential_in_an_untrained_run(tmp_path: Path):

@@ -199,7 +199,7 @@ def test_pacemaker_dry_run_accepts_generated_input(tmp_path: Path, over):
         assert block.inner_cutoff_type == "distance"
 
 
-def _previous_fit(folder: Path, species: str, fingerprint: str) -> Path:
+def _previous_fit(folder: Path, species: str, fingerprint: str, basis: int) -> Path:
     """A previous fit folder as the trainer leaves it (only what write_inputs reads)."""
     folder.mkdir()
     (folder / "output_potential.yaml").write_text(f"species:\n  - speciesblock: {species}\n")
@@ -207,7 +207,7 @@ def _previous_fit(folder: Path, species: str, fingerprint: str) -> Path:
         json.dumps(
             {
                 "settings_fingerprint": fingerprint,
-                "basis_size": 7,
+                "basis_size": basis,
                 "baseline": {"reference_energies": {"Si": -1.5}, "reference_method": "x"},
             }
         )
@@ -222,6 +222,7 @@ def _previous_fit(folder: Path, species: str, fingerprint: str) -> Path:
         ("fresh", "Si", True, False, None),
         ("continue", "C", True, False, "is for ['C']"),
         ("continue", "Si", False, False, "settings changed"),
+        ("continue", "Si", True, False, "basis grows from 4 to 7"),
     ],
 )
 def test_write_inputs_continues_only_from_a_matching_potential(
@@ -230,9 +231,11 @@ def test_write_inputs_continues_only_from_a_matching_potential(
     from mlip_autopipec.trainer.config import settings_fingerprint
     from mlip_autopipec.trainer.pacemaker import PacemakerTrainer
 
-    cfg = {"refit": refit, "max_epochs": 5}
-    fingerprint = settings_fingerprint(cfg if same_settings else {"max_epochs": 6})
-    previous = _previous_fit(tmp_path / "fit-001", species, fingerprint)
+    cfg = {"refit": refit, "max_epochs": 5, "max_basis_size": 7}
+    fingerprint = settings_fingerprint(cfg if same_settings else {**cfg, "max_epochs": 6})
+    previous = _previous_fit(
+        tmp_path / "fit-001", species, fingerprint, 4 if note and "grows" in note else 7
+    )
     workdir = tmp_path / "fit-002"
     PacemakerTrainer().write_inputs(_lj_labelled(5), cfg, workdir, initial_potential=previous)
     inputs = json.loads((workdir / "fit_inputs.json").read_text())

@@ -76,7 +76,7 @@ def fit_potential(
     workdir = Path(workdir).resolve()
     backend: Trainer = trainer if trainer is not None else PacemakerTrainer()
     backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
-    backend.execute(workdir, PacemakerTrainer.profile(cfg))
+    backend.execute(workdir, backend.profile(cfg))
     fit = backend.read_results(workdir)
     _write_json_atomic(workdir / POTENTIAL_JSON, fit.to_dict())
     # Only a complete fit moves the pointer: a failed rerun leaves the previous one current.

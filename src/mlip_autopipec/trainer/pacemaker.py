@@ -277,8 +277,7 @@ class PacemakerTrainer:
 
     name = "pacemaker"
 
-    @staticmethod
-    def profile(settings: Mapping[str, Any]) -> TrainerProfile:
+    def profile(self, settings: Mapping[str, Any]) -> TrainerProfile:
         """The launch profile of the (filled-in) trainer settings."""
         return TrainerProfile(
             argv=tuple(resolve_command(settings["command"])), timeout=float(settings["timeout"])
@@ -339,9 +338,17 @@ class PacemakerTrainer:
         # basis has functions for it (pace_activeset: "Insufficient atomic environments").
         basis_size = int(cfg["max_basis_size"])
         fewest = min(environments.values())
-        if previous is not None and previous.get("basis_size"):
+        wanted = min(basis_size, fewest)
+        if previous is not None and int(previous.get("basis_size") or 0) != wanted:
+            # a basis capped by a small dataset grows with the data: a new shape, no restart
+            notes.append(
+                f"refit from scratch: the basis grows from {previous.get('basis_size')} to "
+                f"{wanted} functions per element with the new data"
+            )
+            start_from, previous = None, None
+        if previous is not None:
             basis_size = int(previous["basis_size"])
-        elif start_from is None and fewest < basis_size:
+        elif fewest < basis_size:
             notes.append(
                 f"basis capped at {fewest} functions per element (trainer.max_basis_size "
                 f"{basis_size}): the training set has only {fewest} atomic environments of "

@@ -38,6 +38,9 @@ class Trainer(Protocol):
 
     name: str
 
+    def profile(self, settings: Mapping[str, Any]) -> TrainerProfile:
+        """How to launch the program for these (filled-in) trainer settings."""
+
     def write_inputs(
         self,
         dataset: Sequence[Atoms],
