@@ -13,9 +13,6 @@ Stage functions take only the context; what a stage found goes into the returned
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import logging
 import os
 import signal
@@ -147,19 +144,11 @@ def _graceful_signals() -> Iterator[list[int]]:
 
 
 def trainer_fingerprint(trainer_cfg: dict[str, Any]) -> str:
-    """The fingerprint of the trainer settings a fit depends on.
+    """The fingerprint of the trainer settings a fit depends on (the trainer's own
+    :func:`~mlip_autopipec.trainer.config.settings_fingerprint`)."""
+    from mlip_autopipec.trainer.config import settings_fingerprint
 
-    The trainer's own ``settings_fingerprint`` when it exists; else a hash of the whole
-    ``trainer`` section (stable key order).
-    """
-    try:
-        settings_fingerprint = importlib.import_module(
-            "mlip_autopipec.trainer.fingerprint"
-        ).settings_fingerprint
-    except (ImportError, AttributeError):
-        text = json.dumps(trainer_cfg, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-    return str(settings_fingerprint(trainer_cfg))
+    return settings_fingerprint(trainer_cfg)
 
 
 def _fit_due(ctx: RunContext) -> str | None:
@@ -208,7 +197,7 @@ def train(ctx: RunContext) -> StageResult:
         ctx.say(f"autopipec: error: training failed, labels are kept: {exc}")
         return StageResult(TRAIN, 1, {"fitted": False, "error": str(exc)})
     pid = record_fit(ctx, fit)
-    for note in getattr(fit, "notes", ()) or ():
+    for note in fit.warnings:  # notes + "did not converge"
         ctx.say(f"autopipec: note: {note}")
     e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
     ctx.say(

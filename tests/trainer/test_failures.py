@@ -125,3 +125,51 @@ def test_rerun_after_a_failure_retries_training_only(tmp_path: Path):
     assert len(fit.test_ids) == 1
     assert len(fit.notes) == 1 and "plotting" in fit.notes[0]
     assert fit.rmse_energy_mev_per_atom["test"] is not None
+
+
+@pytest.mark.pacemaker
+def test_small_dataset_caps_the_basis_and_keeps_a_potential_without_active_set(tmp_path: Path):
+    from conftest import pacemaker_available
+
+    from mlip_autopipec.trainer import load_calculator
+    from mlip_autopipec.trainer.fit import resolve_command
+
+    if not pacemaker_available():
+        pytest.skip("pacemaker not installed")
+    # Six 2-atom cells, default basis (30 functions): 5 train cells have 10 environments.
+    atoms = _labelled(18)[::3]
+    assert len(atoms) == 6 and all(len(a) == 2 for a in atoms)
+    # pacemaker from a folder whose pace_activeset fails (a fault the real tool cannot be
+    # made to produce once the basis is capped); pace_yaml2yace is the real one.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pacemaker").symlink_to(Path(shutil.which(resolve_command("pacemaker")[0]) or ""))
+    fake = bin_dir / "pace_activeset"
+    fake.write_text(
+        "#!/bin/sh\necho 'ValueError: Insufficient atomic environments (injected)' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    cfg = {"command": str(bin_dir / "pacemaker"), "max_epochs": 3, "test_fraction": 0.2}
+    fit = fit_potential(atoms, cfg, tmp_path / "trainer" / "fit-001")
+    assert fit.basis_size == 10
+    assert any("basis capped at 10" in n for n in fit.notes)
+    assert fit.asi is None and fit.yace.is_file()
+    assert any("no active set" in n and "Insufficient" in n for n in fit.notes)
+    assert json.loads((tmp_path / "trainer" / "current.json").read_text())["fit_dir"] == "fit-001"
+    probe = atoms[0].copy()
+    probe.calc = load_calculator(tmp_path)
+    assert np.isfinite(probe.get_potential_energy())
+    with pytest.raises(TrainerError, match="no active set"):
+        load_calculator(tmp_path, extrapolation=True)
+
+
+@pytest.mark.pacemaker
+def test_capped_basis_builds_a_real_active_set(tmp_path: Path):
+    from conftest import pacemaker_available
+
+    if not pacemaker_available():
+        pytest.skip("pacemaker not installed")
+    atoms = _labelled(18)[::3]  # the six 2-atom cells with the default basis size
+    fit = fit_potential(atoms, {"max_epochs": 3}, tmp_path / "fit")
+    assert fit.basis_size == 10
+    assert fit.asi is not None and fit.asi.is_file()

@@ -132,6 +132,16 @@ def test_lj_delta_learning_reproduces_held_out_dft(si_dataset, tmp_path: Path):
     lj = baseline_calculator(baseline)
     assert lj is not None
     assert abs(baseline_labels(lj, held_out[0])[0]) > 1e-3
+    # the .yace cannot hold the LJ part: potential.json says so, and .yace + LJ is the model
+    from pyace import PyACECalculator
+
+    assert "LJ baseline" in fit.baseline["not_in_yace"]
+    probe = held_out[0].copy()
+    probe.calc = PyACECalculator(str(fit.yace))
+    e_yace = probe.get_potential_energy()
+    probe.calc = calc
+    e_lj = baseline_labels(lj, held_out[0])[0]
+    assert (e_yace + e_lj - probe.get_potential_energy()) / len(probe) == pytest.approx(0, abs=1e-6)
 
 
 def test_no_potential_in_an_untrained_run(tmp_path: Path):
@@ -150,13 +160,10 @@ def test_zbl_core_repulsion_switches_on_at_short_range(si_dataset, tmp_path: Pat
 
     block = BBasisConfiguration(str(fit.potential_yaml)).funcspecs_blocks[0]
     assert block.inner_cutoff_type == "zbl"
-    # pacemaker put the inner cutoff at the shortest distance of the training set
-    shortest = min(
-        float(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]))
-        for a in si_dataset
-        if str(a.info["structure_id"]) in fit.train_ids
-    )
-    assert block.r_in == pytest.approx(shortest, abs=0.05)
+    # Issue 11.6: the inner cutoff comes from the covalent radii (0.75 x 2 x 1.11 Å), not
+    # from the shortest distance of the training set, and is recorded with the potential.
+    assert block.r_in == pytest.approx(1.665)
+    assert fit.baseline["pairs"]["Si-Si"]["r_in"] == pytest.approx(1.665)
     from ase import Atoms
 
     calc = load_calculator(tmp_path)
@@ -167,3 +174,60 @@ def test_zbl_core_repulsion_switches_on_at_short_range(si_dataset, tmp_path: Pat
         energies.append(dimer.get_potential_energy() - 2 * fit.baseline["reference_energies"]["Si"])
     # screened Coulomb of two Si nuclei: ~100 eV at 0.8 Å, steeply falling
     assert energies[0] > 50.0 and energies[0] > energies[1]
+
+
+def test_yace_alone_gives_the_total_energies_of_load_calculator(fitted_run, si_dataset):
+    # Issue 11.5: the reference energies are the .yace's E0 values (no LJ baseline here).
+    from pyace import PyACECalculator
+
+    run_dir, fit = fitted_run
+    assert fit.reference_in_yace and "reference energies (E0)" in fit.baseline["in_yace"]
+    alone = PyACECalculator(str(fit.yace))
+    full = load_calculator(run_dir)
+    for atoms in si_dataset[:4]:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = alone, full
+        diff = (a.get_potential_energy() - b.get_potential_energy()) / len(atoms)
+        assert abs(diff) < 1e-6
+        assert a.get_potential_energy() / len(atoms) < -100.0  # a total, not a binding energy
+        assert np.allclose(a.get_forces(), b.get_forces(), atol=1e-8)
+
+
+def test_fit_reports_its_optimiser_verdict(fitted_run):
+    _, fit = fitted_run
+    assert fit.iterations >= 1 and len(fit.loss_history) >= fit.iterations
+    assert fit.loss_history[-1] < fit.loss_history[0]
+    assert fit.status_message
+    assert fit.settings["max_epochs"] == SMALL_FIT["max_epochs"]
+    if not fit.converged:  # reported, printed by the pipeline
+        assert fit.convergence_note is not None and "max_epochs" in fit.convergence_note
+        assert fit.convergence_note in fit.warnings
+    record = json.loads((fit.workdir / "potential.json").read_text())
+    assert record["settings_fingerprint"] == fit.settings_fingerprint
+    assert record["loss_history"] == fit.loss_history
+
+
+def test_refit_continues_from_the_previous_potential(fitted_run, si_dataset, tmp_path: Path):
+    from mlip_autopipec.trainer.config import settings_fingerprint
+
+    _, first = fitted_run
+    cfg = {**SMALL_FIT, "max_epochs": 5}
+    # max_epochs is part of the fingerprint: the same settings as the first fit continue
+    same = {**SMALL_FIT}
+    assert settings_fingerprint(same) == first.settings_fingerprint
+    cont = fit_potential(
+        si_dataset,
+        same | {"max_epochs": SMALL_FIT["max_epochs"]},
+        tmp_path / "cont",
+        initial_potential=first.workdir,
+    )
+    assert cont.initial_potential is not None and cont.initial_potential.is_file()
+    assert "filename: initial_potential.yaml" in cont.input_yaml.read_text()
+    assert cont.baseline["reference_energies"] == first.baseline["reference_energies"]
+    # it starts where the first fit ended, far below a fresh start
+    assert cont.loss_history[0] < 0.5 * first.loss_history[0]
+    assert cont.loss_history[0] == pytest.approx(first.loss_history[-1], rel=0.3)
+    # other settings: a fresh fit, and a note says why
+    fresh = fit_potential(si_dataset, cfg, tmp_path / "fresh", initial_potential=first.workdir)
+    assert fresh.initial_potential is None
+    assert any("settings changed" in n for n in fresh.notes)

@@ -14,6 +14,7 @@ adds them back so predictions are total energies identical in meaning to pw.x's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,85 @@ def fit_reference_energies(
     comp = np.array([[list(s).count(el) for el in elements] for s in symbols_list], dtype=float)
     e_ref = np.linalg.pinv(comp, rcond=1e-10) @ np.asarray(energies, dtype=float)
     return {el: float(v) for el, v in zip(elements, e_ref, strict=True)}
+
+
+#: How the reference energies were chosen (recorded in potential.json).
+REF_LSTSQ = "least squares on the training set"
+REF_ISOLATED = "isolated-atom labels in the training set"
+REF_MIN_NORM = "minimum-norm least squares (compositions are collinear)"
+
+
+@dataclass(frozen=True)
+class ReferenceChoice:
+    """Per-element reference energies (eV), how they were chosen, and a warning if any."""
+
+    energies: dict[str, float]
+    method: str
+    note: str | None = None
+
+
+def is_isolated_atom(atoms: Atoms, cutoff: float) -> bool:
+    """One atom with no periodic image within ``cutoff``: its ACE energy is E0 alone."""
+    if len(atoms) != 1:
+        return False
+    cell = np.asarray(atoms.cell, dtype=float)
+    for n in np.ndindex(3, 3, 3):
+        shift = np.array(n) - 1
+        if not shift.any() or not all(atoms.pbc[k] or shift[k] == 0 for k in range(3)):
+            continue
+        if float(np.linalg.norm(shift @ cell)) <= cutoff:
+            return False
+    return True
+
+
+def choose_reference_energies(
+    atoms_list: Sequence[Atoms],
+    energies: Sequence[float],
+    elements: Sequence[str],
+    cutoff: float,
+) -> ReferenceChoice:
+    """Reference energies for ``atoms_list`` (energies already minus any additive baseline).
+
+    1. An element labelled as an isolated atom (one atom, no image within ``cutoff``) takes
+       that label: then the potential's isolated atom is exactly the DFT one.
+    2. The other elements take the least-squares fit of the remaining energy
+       (:func:`fit_reference_energies`).
+    3. When the compositions cannot separate the elements (e.g. only 1:1 SiC cells: the
+       composition matrix is rank-deficient), the minimum-norm solution is used, which gives
+       every atom of the repeated formula unit the same share, and a warning says so: the split
+       is then a convention; formation or cohesive energies off the training stoichiometry
+       need isolated-atom labels or pure-element structures.
+    """
+    isolated: dict[str, float] = {}
+    for atoms, energy in zip(atoms_list, energies, strict=True):
+        if is_isolated_atom(atoms, cutoff):
+            isolated.setdefault(atoms.get_chemical_symbols()[0], float(energy))
+    rest = [el for el in elements if el not in isolated]
+    reference = {el: isolated[el] for el in elements if el in isolated}
+    method = REF_ISOLATED if isolated else REF_LSTSQ
+    note = None
+    if rest:
+        rows, targets = [], []
+        for atoms, energy in zip(atoms_list, energies, strict=True):
+            symbols = atoms.get_chemical_symbols()
+            if is_isolated_atom(atoms, cutoff) or not set(symbols) & set(rest):
+                continue
+            rows.append([s for s in symbols if s in rest])
+            targets.append(float(energy) - sum(isolated.get(s, 0.0) for s in symbols))
+        comp = np.array([[r.count(el) for el in rest] for r in rows], dtype=float)
+        rank = int(np.linalg.matrix_rank(comp)) if len(rows) else 0
+        reference.update(fit_reference_energies(rows, targets, rest) if rows else {})
+        if rank < len(rest):
+            method = (REF_ISOLATED + " + " if isolated else "") + REF_MIN_NORM
+            note = (
+                f"reference energies of {', '.join(rest)} cannot be told apart: every training "
+                f"structure has the same proportions of them (composition rank {rank} < "
+                f"{len(rest)}); used the minimum-norm split ("
+                + ", ".join(f"{el} {reference[el]:.4f} eV" for el in rest)
+                + "). Energies at the training stoichiometry are unaffected; for formation or "
+                "cohesive energies add isolated atoms or pure-element structures to the data"
+            )
+    return ReferenceChoice({el: float(reference[el]) for el in elements}, method, note)
 
 
 def reference_energy(atoms: Atoms, reference: Mapping[str, float]) -> float:

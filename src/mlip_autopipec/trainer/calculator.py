@@ -10,7 +10,7 @@ from ase.calculators.calculator import Calculator
 
 from mlip_autopipec.errors import TrainerError
 from mlip_autopipec.trainer.baseline import AceWithBaseline, ReferenceEnergies, baseline_calculator
-from mlip_autopipec.trainer.fit import CURRENT_JSON, POTENTIAL_JSON, FitResult
+from mlip_autopipec.trainer.result import CURRENT_JSON, POTENTIAL_JSON, FitResult
 
 
 def find_fit(run_dir: str | Path) -> Path:
@@ -60,8 +60,9 @@ def load_fit(run_dir: str | Path) -> FitResult:
 def load_calculator(run_dir: str | Path, extrapolation: bool = False) -> Calculator:
     """ASE calculator of the latest potential of ``run_dir`` (or of a fit folder).
 
-    Returns ACE + the additive physics baseline (LJ) + the per-element reference energies,
-    so energies are totals comparable with pw.x's. With ``extrapolation=True`` the active
+    Returns ACE + the additive physics baseline (LJ) + the per-element reference energies
+    (inside the .yace as its E0 values, or added here for fits that predate that), so
+    energies are totals comparable with pw.x's. With ``extrapolation=True`` the active
     set is loaded and ``calc.results["gamma"]`` holds per-atom extrapolation grades.
     """
     from pyace import PyACECalculator
@@ -79,5 +80,7 @@ def load_calculator(run_dir: str | Path, extrapolation: bool = False) -> Calcula
     base = baseline_calculator(fit.baseline)
     if base is not None:
         additive.append(base)
-    additive.append(ReferenceEnergies(fit.baseline["reference_energies"]))
+    if extrapolation or not fit.reference_in_yace:
+        # The B-basis (.yaml) and .yace files of older fits carry no E0 values.
+        additive.append(ReferenceEnergies(fit.baseline["reference_energies"]))
     return AceWithBaseline(ace, additive, extrapolation=extrapolation)

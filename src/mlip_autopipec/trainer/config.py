@@ -1,56 +1,76 @@
-"""Trainer settings: the recipe's ``trainer`` section with defaults filled in."""
+"""Trainer settings: the recipe's ``trainer`` section with the schema's defaults filled in.
+
+The defaults live only in the recipe schema (``schemas/recipe.schema.json``, section
+``trainer``); :func:`with_defaults` fills them for callers that pass a partial section (the
+API, tests, benchmarks). :func:`settings_fingerprint` names the physics of a fit.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any
 
 from mlip_autopipec.errors import TrainerError
 
-#: Defaults chosen to fit ~50 small structures in about a minute on 2 cores with the CPU
-#: ``pyace`` backend (see bench/train_time.py). The recipe schema carries the same values.
-DEFAULTS: dict[str, Any] = {
-    "engine": "pacemaker",
-    "command": "pacemaker",
-    "backend": "pyace",
-    "cutoff": 5.0,
-    "elements": None,  # None: the elements found in the data
-    "batch_size": 50,
-    "max_epochs": 60,  # BFGS iterations; ~0.6 s each for 40 small cells on one core
-    "kappa": 0.3,
-    "max_basis_size": 30,
-    "ladder_step": None,
-    "physics_baseline": {"type": "none"},
-    "test_fraction": 0.2,
-    "seed": 42,
-    "timeout": 3600,
-}
-
 BASELINE_TYPES = ("none", "ZBL", "LJ")
 BACKENDS = ("pyace", "tensorpot")
+REFIT_MODES = ("continue", "fresh")
+
+#: Bumped whenever the generated pacemaker input changes for the same settings (basis shape,
+#: loss, reference-energy or ZBL rules), so that the fingerprint of old fits differs.
+FIT_SCHEME = 2
+
+#: Settings that change how a fit is run or started but not the potential it aims at.
+_NOT_PHYSICS = ("command", "timeout", "refit")
+
+
+def _trainer_schema() -> dict[str, Any]:
+    from mlip_autopipec.recipe.schema import load_schema
+
+    schema: dict[str, Any] = load_schema()["properties"]["trainer"]
+    return schema
+
+
+def _filled(section: dict[str, Any]) -> dict[str, Any]:
+    from mlip_autopipec.recipe.schema import fill_defaults
+
+    out: dict[str, Any] = fill_defaults(section, _trainer_schema())
+    return out
+
+
+#: The schema's defaults of the trainer section (read-only view for benchmarks and docs).
+DEFAULTS: dict[str, Any] = _filled({})
 
 
 def with_defaults(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """Return a copy of ``trainer_cfg`` with every missing key set from :data:`DEFAULTS`.
+    """Return a copy of ``trainer_cfg`` with every missing key set from the schema.
 
     Raises :class:`TrainerError` for values pacemaker cannot use (the recipe schema
     normally catches these first; this guards direct API callers).
     """
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update(copy.deepcopy(trainer_cfg or {}))
+    cfg = copy.deepcopy(trainer_cfg or {})
+    if cfg.get("physics_baseline") is None:
+        cfg.pop("physics_baseline", None)
+    baseline = cfg.get("physics_baseline", {"type": "none"})
+    if not isinstance(baseline, dict) or baseline.get("type", "none") not in BASELINE_TYPES:
+        kind = baseline.get("type") if isinstance(baseline, dict) else baseline
+        raise TrainerError(
+            f"trainer.physics_baseline.type: {kind!r} is not one of {BASELINE_TYPES}"
+        )
+    if "physics_baseline" in cfg:
+        cfg["physics_baseline"] = {"type": "none", **baseline}
+    cfg = _filled(cfg)
     if cfg["backend"] not in BACKENDS:
         raise TrainerError(f"trainer.backend: {cfg['backend']!r} is not one of {BACKENDS}")
-    baseline = cfg["physics_baseline"] or {"type": "none"}
-    if baseline.get("type", "none") not in BASELINE_TYPES:
-        raise TrainerError(
-            f"trainer.physics_baseline.type: {baseline.get('type')!r} "
-            f"is not one of {BASELINE_TYPES}"
-        )
+    if cfg["refit"] not in REFIT_MODES:
+        raise TrainerError(f"trainer.refit: {cfg['refit']!r} is not one of {REFIT_MODES}")
+    baseline = cfg["physics_baseline"]
     if baseline.get("type") == "LJ":
         missing = [k for k in ("epsilon", "sigma") if k not in baseline]
         if missing:
             raise TrainerError(f"trainer.physics_baseline: LJ needs {', '.join(missing)}")
-    cfg["physics_baseline"] = {"type": "none", **baseline}
     if not 0.0 <= float(cfg["test_fraction"]) < 1.0:
         raise TrainerError(f"trainer.test_fraction: {cfg['test_fraction']} is not in [0, 1)")
     for key in ("cutoff", "kappa"):
@@ -60,3 +80,24 @@ def with_defaults(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
         if int(cfg[key]) < 1:
             raise TrainerError(f"trainer.{key}: must be >= 1, got {cfg[key]}")
     return cfg
+
+
+def physics_settings(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings that change the fitted potential (baseline included), defaults filled."""
+    cfg = with_defaults(trainer_cfg)
+    for key in _NOT_PHYSICS:
+        cfg.pop(key, None)
+    if cfg.get("elements") is not None:
+        cfg["elements"] = sorted(cfg["elements"])
+    return {"fit_scheme": FIT_SCHEME, **cfg}
+
+
+def settings_fingerprint(trainer_cfg: dict[str, Any] | None) -> str:
+    """A short hash of every trainer setting that changes the fit, the baseline included.
+
+    Two sections with equal fingerprints give the same potential on the same data (up to
+    the fit's own numerics); ``command``, ``timeout`` and ``refit`` do not count. The
+    pipeline stores it with each potential and refits when the recipe's value differs.
+    """
+    text = json.dumps(physics_settings(trainer_cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

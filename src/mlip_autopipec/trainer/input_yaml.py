@@ -38,8 +38,18 @@ def build_input(
     train_file: str,
     test_file: str | None,
     metadata: Mapping[str, Any] | None = None,
+    basis_size: int | None = None,
+    zbl: Mapping[str, Mapping[str, Any]] | None = None,
+    initial_potential: str | None = None,
 ) -> dict[str, Any]:
-    """pacemaker's input as a dict; ``cfg`` is the trainer section with defaults filled in."""
+    """pacemaker's input as a dict; ``cfg`` is the trainer section with defaults filled in.
+
+    ``basis_size``: functions per element (default ``cfg["max_basis_size"]``; the trainer
+    caps it by the number of atomic environments). ``zbl``: per-pair inner cutoffs from
+    :func:`mlip_autopipec.trainer.zbl.zbl_cutoffs` (computed here when the baseline is ZBL
+    and none are given). ``initial_potential``: a B-basis YAML (relative to the fit folder)
+    whose shape and coefficients the fit continues from (pacemaker's ``potential.filename``).
+    """
     baseline = cfg["physics_baseline"]
     bonds: dict[str, Any] = {
         "radbase": "SBessel",
@@ -53,23 +63,21 @@ def build_input(
         "optimizer": "BFGS",
         "maxiter": int(cfg["max_epochs"]),
     }
+    if cfg.get("min_loss_change") is not None:
+        # pacemaker's own stop: over `patience` iterations no train-loss decrease larger
+        # than this fraction per iteration (generalfit.detect_early_stopping).
+        fit["min_relative_train_loss_per_iter"] = float(cfg["min_loss_change"])
+        fit["early_stopping_patience"] = int(cfg["loss_patience"])
     if cfg.get("ladder_step") is not None:
         fit["ladder_step"] = cfg["ladder_step"]
         fit["ladder_type"] = "power_order"
+    per_pair: dict[str, dict[str, Any]] = {}
     if baseline["type"] == "ZBL":
-        if baseline.get("inner_cutoff") is not None:
-            # ZBL below r_in, switching to ACE over delta_in: active during the fit too.
-            bonds.update(
-                {
-                    "inner_cutoff_type": "zbl",
-                    "r_in": float(baseline["inner_cutoff"]),
-                    "delta_in": float(baseline.get("delta_in", 0.1)),
-                    "core-repulsion": [1.0, 1.0],
-                }
-            )
-        else:
-            # pacemaker puts r_in at the shortest distance in the training set after the fit.
-            fit["repulsion"] = "auto"
+        from mlip_autopipec.trainer.zbl import bonds_per_pair, zbl_cutoffs
+
+        # ZBL below r_in - delta_in, switching to ACE at r_in, per pair: active during the
+        # fit too (pacemaker's radial functions carry one inner-cutoff type for all pairs).
+        per_pair = bonds_per_pair(zbl if zbl is not None else zbl_cutoffs(baseline, elements))
     data: dict[str, Any] = {"filename": train_file}
     if test_file is not None:
         data["test_filename"] = test_file
@@ -80,22 +88,31 @@ def build_input(
     }
     if cfg["backend"] == "pyace":
         backend["parallel_mode"] = "serial"
+    potential: dict[str, Any]
+    if initial_potential is not None:
+        # The previous potential is the target: same shape, its coefficients as the start
+        # (a ladder would restart from an empty basis instead).
+        potential = {"filename": initial_potential}
+        fit.pop("ladder_step", None)
+        fit.pop("ladder_type", None)
+    else:
+        potential = {
+            "deltaSplineBins": DELTA_SPLINE_BINS,
+            "elements": list(elements),
+            "embeddings": {"ALL": dict(EMBEDDING_ALL)},
+            "bonds": {"ALL": bonds, **per_pair},
+            "functions": {
+                "number_of_functions_per_element": int(basis_size or cfg["max_basis_size"]),
+                "ALL": dict(FUNCTIONS_ALL),
+            },
+        }
     return {
         "seed": int(cfg["seed"]),
         # pacemaker copies metadata into the potential; values must be strings there.
         "metadata": {
             k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()
         },
-        "potential": {
-            "deltaSplineBins": DELTA_SPLINE_BINS,
-            "elements": list(elements),
-            "embeddings": {"ALL": dict(EMBEDDING_ALL)},
-            "bonds": {"ALL": bonds},
-            "functions": {
-                "number_of_functions_per_element": int(cfg["max_basis_size"]),
-                "ALL": dict(FUNCTIONS_ALL),
-            },
-        },
+        "potential": potential,
         "data": data,
         "fit": fit,
         "backend": backend,

@@ -90,3 +90,91 @@ def fit_errors(workdir: Path, log_path: Path, test: bool) -> Errors | None:
     if log_path.is_file():
         return errors_from_log(log_path.read_text(errors="replace"), test)
     return None
+
+
+# Optimiser progress. pacemaker logs one line per iteration ("Iteration   #3    (307 evals):
+# Loss: 5.3361e-01 | ..."), a stats table every display_step ("Iteration:  #10  Loss:    Total:
+# 1.1888e-01 (100%)"), the initial state ("Initial state:#0 (1 evals): Loss: ..."), and after
+# each fit cycle scipy's verdict: "Optimization result(success=False, status=1,
+# message=Maximum number of iterations has been exceeded., nfev=2091, njev=41)".
+# Its own early stop (fit.min_relative_train_loss_per_iter) logs "EARLY STOPPING: ...".
+_ITER_LINE = re.compile(
+    r"(?:Iteration\s+#(?P<n1>\d+)\s+\(\d+ evals\)|Initial state:\s*#(?P<n0>\d+)\s+\(\d+ evals\))"
+    r":\s+Loss:\s*(?P<loss>[-+\d.eE]+)"
+)
+_ITER_TABLE = re.compile(r"^Iteration:\s+#(?P<n>\d+)\s+Loss:\s+Total:\s+(?P<loss>[-+\d.eE]+)")
+_OPT_RESULT = re.compile(
+    r"Optimization result\(success=(?P<success>\w+), status=(?P<status>-?\d+), "
+    r"message=(?P<message>.*?), nfev=(?P<nfev>\d+)"
+)
+_EARLY_STOP = re.compile(r"EARLY STOPPING: (?P<message>.*)$")
+
+#: scipy's BFGS status codes that mean the optimiser stopped on its own criterion: 0 (gradient
+#: norm below gtol) and 2 (no further decrease possible within machine precision: the loss
+#: cannot be lowered along the search direction). 1 is the iteration limit.
+CONVERGED_STATUS = (0, 2)
+MAXITER_STATUS = 1
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """What pacemaker's log says about the optimisation of the last fit cycle."""
+
+    iterations: int
+    loss_history: tuple[float, ...]
+    status: int | None  # scipy's status code; None: no verdict in the log
+    message: str
+    early_stopped: bool
+
+    @property
+    def converged(self) -> bool:
+        """The optimiser stopped on its own criterion, not on the iteration limit."""
+        return self.early_stopped or self.status in CONVERGED_STATUS
+
+
+def fit_progress(log_text: str) -> FitProgress:
+    """Iterations, train loss per iteration and the optimiser's verdict from a pacemaker log.
+
+    TEST lines are skipped (the loss history is the train loss, ladder steps one after
+    another); a repeated iteration number (a stats table after the one-line form, or the
+    final "Cycle last iteration" table) is counted once. The verdict is the last one logged.
+    """
+    losses: list[float] = []
+    last_iter = -1
+    iterations = 0
+    status: int | None = None
+    message = "no optimiser result in the log"
+    early = False
+    for line in log_text.splitlines():
+        if m := _OPT_RESULT.search(line):
+            status = int(m["status"])
+            if not early:  # after an early stop scipy only says "`callback` raised ..."
+                message = m["message"].strip().rstrip(".") + "."
+            continue
+        if m := _EARLY_STOP.search(line):
+            early, message = True, "early stop: " + m["message"].strip()
+            continue
+        if "TEST" in line.split("Loss")[0].upper():
+            continue
+        m_line = _ITER_LINE.search(line)
+        m_table = None if m_line else _ITER_TABLE.match(line)
+        m_any = m_line or m_table
+        if m_any is None:
+            continue
+        n = int(m_line["n1"] or m_line["n0"]) if m_line else int(m_any["n"])
+        if n == last_iter:
+            continue
+        try:
+            value = float(m_any["loss"])
+        except ValueError:
+            continue
+        last_iter = n
+        losses.append(value)
+        iterations += n > 0  # a ladder step or fit cycle starts again from #0
+    return FitProgress(
+        iterations=iterations,
+        loss_history=tuple(losses),
+        status=status,
+        message=message,
+        early_stopped=early,
+    )

@@ -1,0 +1,186 @@
+"""Benchmark: how well the shipped recipes' potentials reproduce DFT's equation of state.
+
+    python bench/fit_quality.py [--recipes si_quickstart sic_zbl] [--work DIR]
+                                [--max-epochs N [N ...]] [--dft-only]
+
+For every recipe: label its structures with the real pw.x (``autopipec run --stage label``,
+cached in ``--work``), fit with the recipe's trainer section (or each ``--max-epochs`` value),
+and compare an E-V curve of the potential with pw.x at the recipe's own oracle settings:
+9 points of -5 % .. +5 % linear strain of the recipe's reference crystal, each fitted with a
+Birch-Murnaghan equation of state (ase.eos). Prints one JSON line per fit: lattice constant
+ratio (ACE/DFT), bulk modulus ratio, optimizer iterations, converged flag, fit wall time.
+
+Measured 2026-12-01 on the shared 2-core machine (load average ~11 from other work, so fit
+times are ~4x an idle machine's). DFT (pw.x, recipe settings): si_quickstart V0 20.865 Å^3/atom,
+B 87.64 GPa; sic_zbl V0 10.511 Å^3/atom, B 210.85 GPa.
+
+    recipe          max_epochs  iterations  converged  a ratio   B ratio  fit time
+    si_quickstart   200         200         no         1.00073   0.929    402 s
+    si_quickstart   1000 (def.) 369         yes (*)    1.00046   1.008    954 s
+
+(*) BFGS stopped on its own ("Desired error not necessarily achieved due to precision loss",
+scipy status 2): the loss cannot be lowered further along its search direction. Test RMSE
+0.17 meV/atom. With pacemaker's iteration limit as the stop (issue 11: 60 iterations) the bulk
+modulus was -54 %; during the converging run it wandered between -8 % and +1 % from iteration
+120 on (the E-V points at +-5 % lie outside the recipe's +-3 % strains), so only a converged
+fit is a reproducible figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The crystal whose E-V curve is compared, per recipe (the recipe's own bulk entry).
+REFERENCE: dict[str, dict[str, Any]] = {
+    "si_quickstart": {"name": "Si", "crystalstructure": "diamond", "a": 5.43},
+    "sic_zbl": {"name": "SiC", "crystalstructure": "zincblende", "a": 4.36},
+    "al_metal": {"name": "Al", "crystalstructure": "fcc", "a": 3.98, "cubic": True},
+}
+STRAINS = np.linspace(-0.05, 0.05, 9)
+
+
+def reference_cells(recipe_stem: str) -> list[Atoms]:
+    """The reference crystal at every strain of :data:`STRAINS` (linear strain)."""
+    base = bulk(**REFERENCE[recipe_stem])
+    cells = []
+    for eps in STRAINS:
+        atoms = base.copy()
+        atoms.set_cell(base.cell * (1 + eps), scale_atoms=True)
+        cells.append(atoms)
+    return cells
+
+
+def dft_ev(recipe_path: Path, work: Path) -> list[tuple[float, float]]:
+    """(volume per atom, energy per atom) from pw.x at the recipe's settings; cached."""
+    cache = work / f"dft-ev-{recipe_path.stem}.json"
+    if cache.is_file():
+        return [tuple(p) for p in json.loads(cache.read_text())]  # type: ignore[misc]
+    from mlip_autopipec.oracle import EspressoOracle
+    from mlip_autopipec.oracle.espresso import label_serially
+    from mlip_autopipec.recipe.pseudo import resolve_pseudopotentials
+    from mlip_autopipec.recipe.validate import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    pseudos = resolve_pseudopotentials(recipe, work / "pseudo")
+    oracle = EspressoOracle(recipe.oracle, pseudos)
+    points = []
+    for i, atoms in enumerate(reference_cells(recipe_path.stem)):
+        history = label_serially(oracle, str(i), atoms, work / f"ev-{recipe_path.stem}" / f"{i}")
+        last = history[-1]
+        if not last.ok or last.energy is None:
+            raise RuntimeError(f"pw.x failed on E-V point {i}: {last.message}")
+        points.append((atoms.get_volume() / len(atoms), float(last.energy) / len(atoms)))
+    cache.write_text(json.dumps(points))
+    return points
+
+
+def eos(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Equilibrium volume per atom (Å^3) and bulk modulus (GPa) of a Birch-Murnaghan fit."""
+    from ase.eos import EquationOfState
+    from ase.units import GPa
+
+    v, e = np.array(points).T
+    v0, _, b = EquationOfState(v, e, eos="birchmurnaghan").fit()
+    return float(v0), float(b / GPa)
+
+
+def label(recipe_path: Path, work: Path) -> Path:
+    """Run directory with every structure of the recipe labelled (resumes)."""
+    run_dir = work / f"run-{recipe_path.stem}"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlip_autopipec",
+            "run",
+            str(recipe_path),
+            "--run-dir",
+            str(run_dir),
+            "--stage",
+            "label",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return run_dir
+
+
+def ace_ev(fit_dir: Path, recipe_stem: str) -> list[tuple[float, float]]:
+    """(volume per atom, energy per atom) of the fitted potential on the reference cells."""
+    from mlip_autopipec.trainer import load_calculator
+
+    calc = load_calculator(fit_dir)
+    points = []
+    for atoms in reference_cells(recipe_stem):
+        atoms.calc = calc
+        points.append((atoms.get_volume() / len(atoms), atoms.get_potential_energy() / len(atoms)))
+    return points
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", default=["si_quickstart"])
+    parser.add_argument(
+        "--work", type=Path, default=Path(tempfile.gettempdir()) / "autopipec-fit-quality"
+    )
+    parser.add_argument("--max-epochs", type=int, nargs="+", default=None)
+    parser.add_argument("--dft-only", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    from mlip_autopipec.lifecycle.store import Store
+    from mlip_autopipec.recipe.validate import load_recipe
+    from mlip_autopipec.trainer import fit_potential
+
+    for stem in args.recipes:
+        recipe_path = ROOT / "recipes" / f"{stem}.yaml"
+        dft = dft_ev(recipe_path, args.work)
+        v_dft, b_dft = eos(dft)
+        if args.dft_only:
+            print(json.dumps({"recipe": stem, "dft_v0": v_dft, "dft_B_GPa": b_dft}))
+            continue
+        run_dir = label(recipe_path, args.work)
+        with Store.open(run_dir, create=False) as store:
+            atoms_list = store.labelled_atoms()
+        trainer = load_recipe(recipe_path).trainer
+        for max_epochs in args.max_epochs or [None]:
+            cfg = dict(trainer)
+            if max_epochs is not None:
+                cfg["max_epochs"] = max_epochs
+            fit_dir = args.work / f"fit-{stem}-{max_epochs or 'recipe'}"
+            t0 = time.monotonic()
+            fit = fit_potential(atoms_list, cfg, fit_dir)
+            wall = time.monotonic() - t0
+            v_ace, b_ace = eos(ace_ev(fit_dir, stem))
+            record = {
+                "recipe": stem,
+                "max_epochs": cfg.get("max_epochs"),
+                "structures": len(atoms_list),
+                "lattice_ratio": (v_ace / v_dft) ** (1 / 3),
+                "bulk_modulus_ratio": b_ace / b_dft,
+                "B_dft_GPa": round(b_dft, 2),
+                "B_ace_GPa": round(b_ace, 2),
+                "iterations": fit.iterations,
+                "converged": fit.converged,
+                "status": fit.status_message,
+                "fit_seconds": round(wall, 1),
+                "rmse_test_mev_per_atom": fit.rmse_energy_mev_per_atom.get("test"),
+            }
+            print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
