@@ -67,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export labelled structures for other tools")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--format", choices=["extxyz", "pacemaker"], default="extxyz")
+    p.add_argument("--format", choices=["extxyz", "pacemaker", "asedb"], default="extxyz")
     p.add_argument("-o", "--output", type=Path, help="output file (default: in RUN_DIR/export)")
     return parser
 
