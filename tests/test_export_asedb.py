@@ -107,3 +107,7 @@ def test_ase_db_connect_on_the_store_is_detected(labelled_run: Path, tmp_path: P
     # autopipec's own tables are untouched: the labels read back the same
     with Store.open(copy, create=False) as store:
         assert len(store.labelled_atoms()) == 3
+    # and the report says so at the top
+    from mlip_autopipec.report import write_report
+
+    assert "ase.db.connect() was run on the run&#x27;s store" in write_report(copy).read_text()

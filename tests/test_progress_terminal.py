@@ -169,3 +169,24 @@ def test_fit_update_plain(tmp_path: Path) -> None:
     p.fit_update(FitStep(1, 0.5, 10.0, 20.0), 100)
     p.fit_update(FitStep(2, 0.4, 9.0, 19.0), 100)  # within the log interval: not logged
     assert out.getvalue() == "fit: iteration 1/100 | loss 0.5 | E 10.0 meV/atom | F 20.0 meV/Å\n"
+
+
+def test_fit_log_follower_streams_a_growing_log(tmp_path: Path) -> None:
+    from mlip_autopipec.lifecycle.progress import FitLogFollower
+
+    lines = LOG.read_text().splitlines(keepends=True)
+    log = tmp_path / "log.txt"
+    out = io.StringIO()
+    progress = Progress(out, tty=False, log_interval=0.0)
+    with FitLogFollower(log, progress, max_iterations=30, poll=0.01) as follower:
+        time.sleep(0.05)  # the log does not exist yet: waited for
+        with open(log, "w") as fh:
+            for k, line in enumerate(lines):
+                fh.write(line)
+                if k % 20 == 0:
+                    fh.flush()
+                    time.sleep(0.02)
+    shown = [line for line in out.getvalue().splitlines() if line.startswith("fit: iteration")]
+    assert shown[0].startswith("fit: iteration 0/30 | loss 2.977")
+    assert shown[-1].startswith("fit: iteration 29/30 | loss 0.01569")
+    assert follower.last == FitStep(29, 1.5688e-02, 89.82, 105.62)

@@ -34,6 +34,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from mlip_autopipec.errors import AutopipecError, UsageError
+from mlip_autopipec.lifecycle.export import foreign_tables_message
 from mlip_autopipec.lifecycle.machine import STATES
 from mlip_autopipec.lifecycle.status import status_json
 from mlip_autopipec.lifecycle.store import Store
@@ -595,6 +596,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "gamma": gamma,
         "gamma_unavailable": gamma_reason,
         "caveats": caveats,
+        "store_warning": foreign_tables_message(run_dir),
     }
 
 
@@ -1194,6 +1196,9 @@ def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
             f'<p class="meta">Run directory <code>{_e(data["run_dir"])}</code>; '
             f"written {_e(data['generated'])}.</p>",
             f"<p><b>Structures:</b> {_e(counts)}.</p>",
+            f'<p class="missing">{_e(data["store_warning"])}</p>'
+            if data.get("store_warning")
+            else "",
             "<h2>DFT settings and provenance</h2>",
             _dft_html(data),
             "<h2>Potential</h2>",

@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import TextIO
 
 from tqdm import tqdm
@@ -325,3 +328,70 @@ class Progress:
             self.stream.write("\n")
             self._line_shown = False
         self.event(message)
+
+
+class FitLogFollower:
+    """Follow a growing pacemaker log in a thread and show its iterations as progress.
+
+    The trainer wraps its pacemaker call in it (pacemaker writes ``log.txt`` as it goes)::
+
+        with FitLogFollower(workdir / "log.txt", progress, max_iterations=maxiter):
+            run_process([... "pacemaker", "input.yaml"], workdir, ...)
+
+    Reads only what was appended since the last poll; a missing file is waited for.
+    """
+
+    def __init__(
+        self,
+        log: Path | str,
+        progress: Progress,
+        *,
+        max_iterations: int | None = None,
+        poll: float = 0.5,
+    ):
+        self.log = Path(log)
+        self.progress = progress
+        self.max_iterations = max_iterations
+        self.poll = poll
+        self.last: FitStep | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="fit-log", daemon=True)
+        self._offset = 0
+        self._partial = ""
+
+    def _read_new(self) -> None:
+        try:
+            with open(self.log, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except OSError:
+            return
+        self._offset += len(chunk)
+        text = self._partial + chunk.decode("utf-8", errors="replace")
+        *lines, self._partial = text.split("\n")
+        for line in lines:
+            step = fit_progress(line)
+            if step is not None:
+                self.last = step
+                self.progress.fit_update(step, self.max_iterations)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll):
+            self._read_new()
+
+    def __enter__(self) -> FitLogFollower:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read_new()
+        if self._partial:
+            self._partial += "\n"
+            self._read_new()
