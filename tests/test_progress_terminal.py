@@ -73,6 +73,16 @@ def _pane(tmux: list[str]) -> list[str]:
     return lines
 
 
+def _pane_when(tmux: list[str], ready: str, timeout: float = 10.0) -> list[str]:
+    """The pane once its last line contains ``ready`` (tmux redraws asynchronously)."""
+    end = time.monotonic() + timeout
+    while True:
+        lines = _pane(tmux)
+        if (lines and ready in lines[-1]) or time.monotonic() > end:
+            return lines
+        time.sleep(0.05)
+
+
 @needs_tmux
 @pytest.mark.parametrize("width", [70, 200])
 def test_live_line_in_tmux(tmp_path: Path, width: int) -> None:
@@ -89,12 +99,10 @@ def test_live_line_in_tmux(tmp_path: Path, width: int) -> None:
     )
     try:
         _wait(tmp_path / "mid")
-        time.sleep(0.3)
-        mid = _pane(tmux)
+        mid = _pane_when(tmux, " 6/12 ")
         (tmp_path / "go").touch()
         _wait(tmp_path / "done")
-        time.sleep(0.3)
-        final = _pane(tmux)
+        final = _pane_when(tmux, "fit done")
     finally:
         subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
     # mid-run: the event stays above one live line that fits the width and shows the ETA
