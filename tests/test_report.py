@@ -322,3 +322,100 @@ def test_report_opens_in_headless_chromium(tiny_run: Path, tmp_path: Path) -> No
     broken = tmp_path / "broken.html"
     broken.write_text(lone.read_text().replace("base64,iVBOR", "base64,XXXXX", 1))
     assert report_screenshot.loaded_images(broken) == (len(FIGURES) - 1, len(FIGURES))
+
+
+@needs_pwx
+@needs_pacemaker
+@pytest.mark.pwx
+@pytest.mark.pacemaker
+def test_report_answers_the_first_questions(tiny_run: Path, tmp_path: Path) -> None:
+    """DFT settings, learning curve, E-V, grades, per-structure errors, timings, caveats."""
+    import numpy as np
+
+    from mlip_autopipec.trainer.calculator import load_calculator
+
+    run_dir = _copy(tiny_run, tmp_path)
+    index = write_report(run_dir)
+    data = _load_report(run_dir)
+    fit = load_fit(run_dir)
+    with Store.open(run_dir, create=False) as store:
+        rows = {r["id"]: r for r in store.structure_rows()}
+        attempts = [a for sid in rows for a in store.attempts_of(sid)]
+        labelled = {a.info["structure_id"]: a for a in store.labelled_atoms()}
+
+    dft = data["dft"]
+    assert (dft["ecutwfc"], dft["kspacing"]) == (12, 0.3)
+    assert dft["pseudopotentials"] == {"Si": "Si.pz-vbc.UPF"}
+    assert list(dft["pw_versions"].values()) == [6] and dft["kgrids"] == {"Si2 2x2x2": 6}
+
+    curve = data["learning_curve"]
+    assert curve["source"] and curve["iterations"][0] == 0 and len(curve["loss"]) >= 5
+    assert all(v > 0 for v in curve["loss"]) and curve["converged"] is False  # 5 epochs
+
+    (ev,) = data["ev_curves"]
+    assert ev["family"] == "bulk[0] Si diamond" and ev["strains"] == [-0.02, 0.0, 0.02]
+    calc = load_calculator(run_dir)
+    for strain, e_dft, e_ace in zip(
+        ev["strains"], ev["dft_ev_per_atom"], ev["ace_ev_per_atom"], strict=True
+    ):
+        (sid,) = [
+            s for s, r in rows.items() if r["source"] == f"{ev['family']} strain={strain:+.3f}"
+        ]
+        assert e_dft == pytest.approx(rows[sid]["energy_ev"] / 2, abs=1e-9)
+        atoms = labelled[sid].copy()
+        atoms.calc = calc
+        assert e_ace == pytest.approx(atoms.get_potential_energy() / 2, abs=1e-9)
+    assert len(ev["dense_ace_ev_per_atom"]) == 25
+    assert ev["dense_volume_per_atom"][0] == pytest.approx(ev["volume_per_atom"][0])
+
+    gamma = data["gamma"]
+    assert sorted(gamma["ids"]) == sorted(int(i) for i in (*fit.train_ids, *fit.test_ids))
+    assert all(g >= 0 for g in gamma["max_gamma"])
+
+    # per-structure force RMSEs combine to the split's RMSE
+    for split in ("train", "test"):
+        p = data["parity"][split]
+        per = np.array(p["force_rmse_mev_per_ang_per_structure"])
+        n = np.array(p["natoms"])
+        assert np.sqrt(np.sum(n * per**2) / n.sum()) == pytest.approx(p["rmse_forces_mev_per_ang"])
+
+    timings = data["timings"]
+    assert timings["pwx_attempts"] == len(attempts) == 12
+    assert timings["pwx_total_s"] == pytest.approx(sum(a["wall_time"] for a in attempts))
+    assert timings["fit_s"] == pytest.approx(fit.wall_time)
+    assert any("only 2 structures" in c for c in data["caveats"])
+
+    text = index.read_text()
+    for heading in ("DFT settings and provenance", "Energy-volume curves", "Extrapolation",
+                    "Magnetic moments", "Timings"):  # fmt: skip
+        assert f"<h2>{heading}</h2>" in text
+    assert "The test set has only 2 structures" in text
+    assert "No magnetic moments recorded" in text  # Si, spin-unpolarised
+    for name in ("learning_curve.png", "ev_curves.png", "structure_errors.png",
+                 "gamma_histogram.png"):  # fmt: skip
+        assert f'alt="{html.escape(FIGURES[name])}"' in text
+
+
+@needs_pwx
+@needs_pacemaker
+@pytest.mark.pwx
+@pytest.mark.pacemaker
+def test_old_run_directory_without_the_new_data_still_reports(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """No log, no active set, no recipe.json: each new section says why it is empty."""
+    run_dir = _copy(tiny_run, tmp_path)
+    fit = load_fit(run_dir)
+    fit.log.unlink()
+    assert fit.asi is not None
+    fit.asi.unlink()
+    (run_dir / "recipe.json").unlink()
+    write_report(run_dir)
+    data = _load_report(run_dir)
+    figures = data["figures"]
+    assert "no loss history" in figures["learning_curve.png"]["reason"]
+    assert "no active set" in figures["gamma_histogram.png"]["reason"]
+    assert figures["ev_curves.png"]["file"] == "ev_curves.png"  # needs only labels + potential
+    assert data["dft"]["pseudopotentials"] == {} and data["dft"]["pw_versions"]
+    text = (run_dir / "report" / "index.html").read_text()
+    assert "Not drawn: the fit has no active set" in text

@@ -6,7 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_calculator"]
+from mlip_autopipec.api import Run, labelled_structures, open_run, run, status
+
+__all__ = [
+    "Run",
+    "__version__",
+    "labelled_structures",
+    "load_calculator",
+    "open_run",
+    "run",
+    "status",
+]
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -38,6 +38,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check recipes against the schema and the physics")
     p.add_argument("recipes", nargs="+", type=Path, metavar="RECIPE")
 
+    p = sub.add_parser("init", help="write a commented starter recipe for some elements")
+    p.add_argument("elements", nargs="+", metavar="ELEMENT")
+    p.add_argument("-o", "--output", type=Path, default=Path("recipe.yaml"))
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
     p = sub.add_parser("schema", help="print the recipe reference (from the JSON schema)")
     p.add_argument("--json", action="store_true", help="print the raw JSON schema instead")
 
@@ -67,7 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export labelled structures for other tools")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--format", choices=["extxyz", "pacemaker"], default="extxyz")
+    p.add_argument("--format", choices=["extxyz", "pacemaker", "asedb"], default="extxyz")
     p.add_argument("-o", "--output", type=Path, help="output file (default: in RUN_DIR/export)")
     return parser
 
@@ -86,6 +91,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: ok")
     return status
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from mlip_autopipec.init import write_starter
+
+    print(write_starter(args.elements, args.output, force=args.force))
+    return EXIT_OK
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -140,6 +152,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "validate": _cmd_validate,
+    "init": _cmd_init,
     "schema": _cmd_schema,
     "run": _cmd_run,
     "status": _cmd_status,

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 import textwrap
 import threading
 import time
@@ -33,6 +34,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from mlip_autopipec.errors import AutopipecError, UsageError
+from mlip_autopipec.lifecycle.export import foreign_tables_message
 from mlip_autopipec.lifecycle.machine import STATES
 from mlip_autopipec.lifecycle.status import status_json
 from mlip_autopipec.lifecycle.store import Store
@@ -50,7 +52,18 @@ FIGURES: dict[str, str] = {
     "attempts.png": "pw.x attempts per structure",
     "rescues.png": "Structures rescued by the retry ladder",
     "quarantine.png": "Quarantine reasons",
+    "learning_curve.png": "Learning curve (loss per optimizer iteration)",
+    "ev_curves.png": "Energy-volume curves: ACE vs DFT",
+    "structure_errors.png": "Per-structure energy and force errors",
+    "gamma_histogram.png": "Extrapolation grades of the labelled structures",
 }
+#: Below this many test structures the test errors are a weak estimate.
+MIN_TEST_STRUCTURES = 5
+#: At most this many structures get extrapolation grades (all test ones first).
+MAX_GAMMA_STRUCTURES = 2000
+#: Points of the dense ACE curve drawn through each E-V family.
+EV_DENSE_POINTS = 25
+_STRAIN_SOURCE = re.compile(r"^(?P<family>.+?) strain=(?P<strain>[+-]\d+\.\d+)$")
 
 _SPLITS = ("train", "test")
 _COLORS = {"train": "#1f77b4", "test": "#d62728"}
@@ -207,6 +220,11 @@ def _parity(fit: Any) -> tuple[dict[str, Any], str | None]:
         )
         de = (e_ace - e_dft) / natoms
         dfc = f_ace - f_dft
+        bounds = np.cumsum([0, *(3 * natoms.astype(int))])
+        per_structure = [
+            1e3 * float(np.sqrt(np.mean(dfc[a:b] ** 2))) if b > a else None
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
         out[split] = {
             "ids": [str(n) for n in df["name"]],
             "natoms": [int(n) for n in natoms],
@@ -216,12 +234,228 @@ def _parity(fit: Any) -> tuple[dict[str, Any], str | None]:
             "forces_ace_ev_per_ang": f_ace.tolist(),
             "rmse_energy_mev_per_atom": 1e3 * float(np.sqrt(np.mean(de**2))) if len(de) else None,
             "rmse_forces_mev_per_ang": 1e3 * float(np.sqrt(np.mean(dfc**2))) if len(dfc) else None,
+            "force_rmse_mev_per_ang_per_structure": per_structure,
         }
     if not out:
         return {}, (
             f"the fit folder {fit.workdir} has no pacemaker prediction tables "
             f"({', '.join(missing)})."
         )
+    return out, None
+
+
+def _recipe_data(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _final_attempt(tries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    return tries[-1] if tries else None
+
+
+def _dft_settings(
+    run_dir: Path, rows: Sequence[dict[str, Any]], attempts: dict[int, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The level of theory and where the labels came from, as far as the run recorded it.
+
+    From ``recipe.json`` (cutoffs, smearing, spin, k-points, pseudopotentials) and from the
+    attempts (pw.x versions, theory keys and records when the oracle stores them, the k-grid
+    of every labelled structure). Old runs simply have fewer fields.
+    """
+    oracle = _recipe_data(run_dir).get("oracle") or {}
+    system = ((oracle.get("input_data") or {}).get("system")) or {}
+    electrons = ((oracle.get("input_data") or {}).get("electrons")) or {}
+    settings: dict[str, Any] = {
+        "pseudopotentials": oracle.get("pseudopotentials") or {},
+        "kspacing": oracle.get("kspacing"),
+        "kpts": oracle.get("kpts"),
+        "koffset": oracle.get("koffset"),
+    }
+    for key in ("input_dft", "ecutwfc", "ecutrho", "occupations", "smearing", "degauss", "nspin"):
+        if key in system:
+            settings[key] = system[key]
+    if "conv_thr" in electrons:
+        settings["conv_thr"] = electrons["conv_thr"]
+    versions: Counter[str] = Counter()
+    keys: Counter[str] = Counter()
+    theories: dict[str, Any] = {}
+    kgrids: Counter[str] = Counter()
+    for r in rows:
+        final = _final_attempt(attempts.get(r["id"], []))
+        if final is None or final.get("failure_class") != "converged":
+            continue
+        if final.get("pw_version"):
+            versions[str(final["pw_version"])] += 1
+        if final.get("theory_key"):
+            keys[str(final["theory_key"])] += 1
+            if isinstance(final.get("theory"), dict):
+                theories.setdefault(str(final["theory_key"]), final["theory"])
+        if final.get("kgrid"):
+            kgrids[f"{r['formula']} {'x'.join(str(k) for k in final['kgrid'])}"] += 1
+    settings["pw_versions"] = dict(versions.most_common())
+    settings["theory_keys"] = dict(keys.most_common())
+    settings["theories"] = theories
+    settings["kgrids"] = dict(kgrids.most_common())
+    return settings
+
+
+def _timings(
+    attempts: dict[int, list[dict[str, Any]]], fit: Any | None
+) -> dict[str, float | int | None]:
+    walls = [
+        float(w)
+        for tries in attempts.values()
+        for a in tries
+        if (w := _finite(a.get("wall_time"))) is not None
+    ]
+    return {
+        "pwx_attempts": len(walls),
+        "pwx_total_s": float(sum(walls)) if walls else None,
+        "pwx_mean_s": float(np.mean(walls)) if walls else None,
+        "pwx_max_s": float(max(walls)) if walls else None,
+        "fit_s": _finite(getattr(fit, "wall_time", None)) if fit is not None else None,
+    }
+
+
+def _learning_curve(fit: Any) -> dict[str, Any]:
+    """Loss per iteration: ``loss_history`` of the fit record when it has one, else the
+    iteration lines of the fit folder's pacemaker log; plus the optimizer's verdict."""
+    from mlip_autopipec.lifecycle.progress import parse_fit_log
+
+    history = getattr(fit, "loss_history", None)
+    if history is None:
+        try:
+            record = json.loads((Path(fit.workdir) / POTENTIAL_JSON).read_text())
+            history = record.get("loss_history") if isinstance(record, dict) else None
+        except (OSError, ValueError):
+            history = None
+    log_path = Path(getattr(fit, "log", "") or Path(fit.workdir) / "log.txt")
+    try:
+        log = parse_fit_log(log_path.read_text(errors="replace"))
+    except OSError:
+        log = None
+    out: dict[str, Any] = {
+        "iterations": [],
+        "loss": [],
+        "rmse_energy_mev_per_atom": [],
+        "rmse_forces_mev_per_ang": [],
+        "source": None,
+        "converged": None if log is None else log.converged,
+        "optimizer_message": None if log is None else log.message,
+    }
+    if isinstance(history, list) and history:
+        for k, item in enumerate(history):
+            if isinstance(item, dict):
+                loss = _finite(item.get("loss"))
+                it = item.get("iteration", k)
+            else:
+                loss, it = _finite(item), k
+            if loss is not None:
+                out["iterations"].append(int(it))
+                out["loss"].append(loss)
+        out["source"] = POTENTIAL_JSON
+    elif log is not None and log.steps:
+        for step in log.steps:
+            out["iterations"].append(step.iteration)
+            out["loss"].append(step.loss)
+            out["rmse_energy_mev_per_atom"].append(_finite(step.rmse_energy_mev_per_atom))
+            out["rmse_forces_mev_per_ang"].append(_finite(step.rmse_forces_mev_per_ang))
+        out["source"] = log_path.name
+    return out
+
+
+def _ev_families(labelled: Sequence[Any]) -> dict[str, list[tuple[float, Any]]]:
+    """Isotropically strained, unrattled cells of one source: family -> [(strain, atoms)]."""
+    families: dict[str, list[tuple[float, Any]]] = {}
+    for atoms in labelled:
+        m = _STRAIN_SOURCE.match(str(atoms.info.get("source", "")))
+        if m is not None:
+            families.setdefault(m["family"], []).append((float(m["strain"]), atoms))
+    return {
+        name: sorted(members, key=lambda x: x[0])
+        for name, members in families.items()
+        if len({e for e, _ in members}) >= 3
+    }
+
+
+def _ev_curves(fit: Any, labelled: Sequence[Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """DFT points and the ACE curve (at those cells and on a dense strain grid) per family."""
+    families = _ev_families(labelled)
+    if not families:
+        return [], (
+            "no family of at least three isotropically strained cells of one source "
+            "(a bulk entry with strain: {min, max, count})."
+        )
+    try:
+        from mlip_autopipec.trainer.calculator import load_calculator
+
+        calc = load_calculator(fit.workdir)
+    except Exception as exc:  # noqa: BLE001 - pyace/ASE raise anything; the page says why
+        return [], f"the potential could not be loaded to evaluate ACE ({exc})."
+    out = []
+    for name, members in families.items():
+        n = len(members[0][1])
+        vols, dft, ace = [], [], []
+        for _, atoms in members:
+            copy = atoms.copy()
+            copy.calc = calc
+            vols.append(atoms.get_volume() / n)
+            dft.append(atoms.get_potential_energy() / n)
+            ace.append(float(copy.get_potential_energy()) / n)
+        strains = [e for e, _ in members]
+        unstrained = min(members, key=lambda x: abs(x[0]))
+        base = unstrained[1].copy()
+        base.set_cell(base.cell / (1.0 + unstrained[0]), scale_atoms=True)
+        dense_v, dense_e = [], []
+        for e in np.linspace(min(strains), max(strains), EV_DENSE_POINTS):
+            cell = base.copy()
+            cell.set_cell(base.cell * (1.0 + e), scale_atoms=True)
+            cell.calc = calc
+            dense_v.append(cell.get_volume() / n)
+            dense_e.append(float(cell.get_potential_energy()) / n)
+        out.append(
+            {
+                "family": name,
+                "strains": strains,
+                "volume_per_atom": vols,
+                "dft_ev_per_atom": dft,
+                "ace_ev_per_atom": ace,
+                "dense_volume_per_atom": dense_v,
+                "dense_ace_ev_per_atom": dense_e,
+            }
+        )
+    return out, None
+
+
+def _gammas(
+    fit: Any, labelled: Sequence[Any], split_of: dict[str, str]
+) -> tuple[dict[str, Any], str | None]:
+    """Max extrapolation grade per labelled structure of the fit, by split."""
+    asi = getattr(fit, "asi", None)
+    if asi is None or not Path(asi).is_file():
+        return {}, "the fit has no active set (.asi), so there are no extrapolation grades."
+    chosen = [a for a in labelled if split_of.get(str(a.info["structure_id"])) == "test"]
+    chosen += [a for a in labelled if split_of.get(str(a.info["structure_id"])) == "train"]
+    chosen = chosen[:MAX_GAMMA_STRUCTURES]
+    if not chosen:
+        return {}, "none of the labelled structures is in the fit's train or test set."
+    try:
+        from mlip_autopipec.trainer.calculator import load_calculator
+
+        calc = load_calculator(fit.workdir, extrapolation=True)
+        out: dict[str, Any] = {"ids": [], "split": [], "max_gamma": []}
+        for atoms in chosen:
+            copy = atoms.copy()
+            copy.calc = calc
+            copy.get_potential_energy()
+            out["ids"].append(int(atoms.info["structure_id"]))
+            out["split"].append(split_of[str(atoms.info["structure_id"])])
+            out["max_gamma"].append(float(np.max(calc.results["gamma"])))
+    except Exception as exc:  # noqa: BLE001 - pyace raises anything; the page says why
+        return {}, f"the extrapolation grades could not be computed ({exc})."
     return out, None
 
 
@@ -236,15 +470,18 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         rows = store.structure_rows()
         attempts = {r["id"]: store.attempts_of(r["id"]) for r in rows}
         latest = store.latest_potential()
+        labelled = store.labelled_atoms() if latest is not None else []
     potential: dict[str, Any] | None = None
     parity: dict[str, Any] = {}
     parity_reason: str | None = None
     split_of: dict[str, str] = {}
+    fit: Any = None
+    no_fit = (
+        "no potential has been fitted yet (labels only); run "
+        "'autopipec run RECIPE --stage train' to fit one."
+    )
     if latest is None:
-        parity_reason = (
-            "no potential has been fitted yet (labels only); run "
-            "'autopipec run RECIPE --stage train' to fit one."
-        )
+        parity_reason = no_fit
     else:
         from mlip_autopipec.trainer.calculator import load_fit
 
@@ -271,14 +508,30 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
             split_of.update({str(i): "test" for i in fit.test_ids})
             parity, parity_reason = _parity(fit)
     ace_per_atom: dict[str, float] = {}
+    force_rmse: dict[str, float | None] = {}
     for data in parity.values():
         ace_per_atom.update(zip(data["ids"], data["energy_ace_ev_per_atom"], strict=True))
+        force_rmse.update(
+            zip(data["ids"], data["force_rmse_mev_per_ang_per_structure"], strict=True)
+        )
+    if fit is not None:
+        learning = _learning_curve(fit)
+        ev, ev_reason = _ev_curves(fit, labelled)
+        gamma, gamma_reason = _gammas(fit, labelled, split_of)
+    else:
+        why = parity_reason or no_fit
+        learning, (ev, ev_reason), (gamma, gamma_reason) = {}, ([], why), ({}, why)
+    max_gamma = dict(zip(map(str, gamma.get("ids", [])), gamma.get("max_gamma", []), strict=True))
     structures = []
     for r in rows:
         fclass, fmsg = _split_failure(r["failure"])
         energy = _finite(r["energy_ev"])
         per_atom = energy / r["natoms"] if energy is not None and r["natoms"] else None
         ace = ace_per_atom.get(str(r["id"]))
+        tries = attempts.get(r["id"], [])
+        final = _final_attempt(tries)
+        ok = final is not None and final.get("failure_class") == "converged"
+        walls = [w for a in tries if (w := _finite(a.get("wall_time"))) is not None]
         structures.append(
             {
                 "id": r["id"],
@@ -295,7 +548,27 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
                 "ace_error_mev_per_atom": (
                     1e3 * (ace - per_atom) if ace is not None and per_atom is not None else None
                 ),
+                "ace_force_rmse_mev_per_ang": force_rmse.get(str(r["id"])),
+                "kgrid": list(final["kgrid"]) if ok and final and final.get("kgrid") else None,
+                "pwx_seconds": float(sum(walls)) if walls else None,
+                "total_magmom": _finite(final.get("total_magmom")) if ok and final else None,
+                "theory_key": final.get("theory_key") if ok and final else None,
+                "max_gamma": max_gamma.get(str(r["id"])),
             }
+        )
+    caveats = []
+    if potential is not None and potential["n_test"] < MIN_TEST_STRUCTURES:
+        caveats.append(
+            f"The test set has only {potential['n_test']} structure"
+            f"{'s' if potential['n_test'] != 1 else ''}: its errors are a rough estimate. "
+            f"Label more structures (or raise trainer.test_fraction) for at least "
+            f"{MIN_TEST_STRUCTURES}."
+        )
+    if learning.get("converged") is False:
+        caveats.append(
+            "The optimizer stopped before converging "
+            f"({learning.get('optimizer_message') or 'no reason given'}): more "
+            "trainer.max_epochs may lower the errors."
         )
     return {
         "run_dir": str(run_dir.resolve()),
@@ -308,6 +581,22 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "ladder": _ladder_stats(structures, attempts),
         "parity": parity,
         "parity_unavailable": parity_reason,
+        "dft": _dft_settings(run_dir, rows, attempts),
+        "timings": _timings(attempts, fit),
+        "learning_curve": learning,
+        "learning_curve_unavailable": (
+            None
+            if learning.get("loss")
+            else (parity_reason or no_fit)
+            if fit is None
+            else "the fit record has no loss history and its log no iteration lines."
+        ),
+        "ev_curves": ev,
+        "ev_unavailable": ev_reason,
+        "gamma": gamma,
+        "gamma_unavailable": gamma_reason,
+        "caveats": caveats,
+        "store_warning": foreign_tables_message(run_dir),
     }
 
 
@@ -475,6 +764,104 @@ def _fig_quarantine(data: dict[str, Any]) -> bytes:
     return _png_bytes(fig)
 
 
+def _fig_learning_curve(data: dict[str, Any]) -> bytes:
+    curve = data["learning_curve"]
+    its = np.asarray(curve["iterations"], dtype=float)
+    errors_e = [np.nan if v is None else v for v in curve.get("rmse_energy_mev_per_atom", [])]
+    errors_f = [np.nan if v is None else v for v in curve.get("rmse_forces_mev_per_ang", [])]
+    has_rmse = bool(errors_e) and np.isfinite(errors_e).any()
+    fig = _new_figure(10 if has_rmse else 6, 4)
+    axes = fig.subplots(1, 2) if has_rmse else [fig.add_subplot()]
+    ax = axes[0]
+    ax.plot(its, curve["loss"], marker="o", ms=3, color="#1f77b4")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer iteration")
+    ax.set_ylabel("train loss")
+    verdict = {True: "converged", False: "not converged", None: "no optimizer verdict"}
+    ax.set_title(f"loss ({verdict[curve.get('converged')]})", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if has_rmse:
+        ax_r = axes[1]
+        ax_r.plot(its, errors_e, marker="o", ms=3, label="energy (meV/atom)", color="#2ca02c")
+        ax_r.plot(its, errors_f, marker="s", ms=3, label="forces (meV/Å)", color="#ff7f0e")
+        ax_r.set_yscale("log")
+        ax_r.set_xlabel("optimizer iteration")
+        ax_r.set_ylabel("train RMSE")
+        ax_r.legend(fontsize=9)
+        ax_r.grid(alpha=0.3, which="both")
+    return _png_bytes(fig)
+
+
+def _fig_ev(data: dict[str, Any]) -> bytes:
+    curves = data["ev_curves"]
+    cols = min(3, len(curves))
+    nrows = math.ceil(len(curves) / cols)
+    fig = _new_figure(4.5 * cols, 3.8 * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, cols)).ravel()
+    for ax, c in zip(axes, curves, strict=False):
+        ax.plot(
+            c["dense_volume_per_atom"], c["dense_ace_ev_per_atom"], color="#1f77b4", label="ACE"
+        )
+        ax.scatter(
+            c["volume_per_atom"], c["dft_ev_per_atom"], color="#d62728", zorder=3, label="DFT"
+        )
+        ax.scatter(
+            c["volume_per_atom"], c["ace_ev_per_atom"], color="#1f77b4", marker="x", zorder=3
+        )
+        ax.set_title(textwrap.fill(c["family"], 40), fontsize=9)
+        ax.set_xlabel("volume (Å³/atom)")
+        ax.set_ylabel("energy (eV/atom)")
+        ax.ticklabel_format(useOffset=False)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(curves) :]:
+        ax.set_visible(False)
+    return _png_bytes(fig)
+
+
+def _fig_structure_errors(data: dict[str, Any]) -> bytes:
+    fig = _new_figure(10, 4)
+    ax_e, ax_f = fig.subplots(1, 2)
+    for split in _SPLITS:
+        rows = [s for s in data["structures"] if s["split"] == split]
+        ids = [s["id"] for s in rows]
+        de = [np.nan if s["ace_error_mev_per_atom"] is None else s["ace_error_mev_per_atom"]
+              for s in rows]  # fmt: skip
+        df = [np.nan if s["ace_force_rmse_mev_per_ang"] is None
+              else s["ace_force_rmse_mev_per_ang"] for s in rows]  # fmt: skip
+        marker = "s" if split == "test" else "o"
+        ax_e.scatter(ids, de, color=_COLORS[split], marker=marker, label=split, s=16)
+        ax_f.scatter(ids, df, color=_COLORS[split], marker=marker, label=split, s=16)
+    ax_e.axhline(0.0, color="0.4", lw=1, ls="--")
+    ax_e.set_ylabel("ACE − DFT energy (meV/atom)")
+    ax_f.set_ylabel("force RMSE (meV/Å)")
+    for ax in (ax_e, ax_f):
+        ax.set_xlabel("structure id")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=9)
+        ax.grid(alpha=0.3)
+    return _png_bytes(fig)
+
+
+def _fig_gamma(data: dict[str, Any]) -> bytes:
+    gamma = data["gamma"]
+    values = np.asarray(gamma["max_gamma"], dtype=float)
+    fig = _new_figure(7, 4)
+    ax = fig.add_subplot()
+    hi = max(float(values.max()), 1.5)
+    edges = np.linspace(0.0, hi * 1.05, max(6, min(40, values.size // 2)) + 1)
+    for split in _SPLITS:
+        v = values[[s == split for s in gamma["split"]]]
+        if v.size:
+            ax.hist(v, bins=edges, alpha=0.6, color=_COLORS[split], label=f"{split} (n={v.size})")
+    ax.axvline(1.0, color="0.3", lw=1, ls="--", label="γ = 1 (edge of the training data)")
+    ax.set_xlabel("max extrapolation grade γ per structure")
+    ax.set_ylabel("structures")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3)
+    return _png_bytes(fig)
+
+
 def _figure_plan(data: dict[str, Any]) -> dict[str, tuple[Callable[[], bytes] | None, str]]:
     """For each figure: the function drawing it, or None and the sentence saying why not."""
     ladder = data["ladder"]
@@ -504,6 +891,23 @@ def _figure_plan(data: dict[str, Any]) -> dict[str, tuple[Callable[[], bytes] | 
         plan["quarantine.png"] = (lambda: _fig_quarantine(data), "")
     else:
         plan["quarantine.png"] = (None, "Not drawn: no structure was quarantined.")
+    if data.get("learning_curve", {}).get("loss"):
+        plan["learning_curve.png"] = (lambda: _fig_learning_curve(data), "")
+    else:
+        why = data.get("learning_curve_unavailable") or "no loss history."
+        plan["learning_curve.png"] = (None, f"Not drawn: {why}")
+    if data.get("ev_curves"):
+        plan["ev_curves.png"] = (lambda: _fig_ev(data), "")
+    else:
+        plan["ev_curves.png"] = (None, f"Not drawn: {data.get('ev_unavailable')}")
+    if data["parity"]:
+        plan["structure_errors.png"] = (lambda: _fig_structure_errors(data), "")
+    else:
+        plan["structure_errors.png"] = (None, f"Not drawn: {parity_why}")
+    if data.get("gamma", {}).get("max_gamma"):
+        plan["gamma_histogram.png"] = (lambda: _fig_gamma(data), "")
+    else:
+        plan["gamma_histogram.png"] = (None, f"Not drawn: {data.get('gamma_unavailable')}")
     return plan
 
 
@@ -622,6 +1026,7 @@ def _structures_html(data: dict[str, Any]) -> str:
     headers = [
         "id", "source", "formula", "state", "attempts", "failure class", "message",
         "energy (eV)", "energy (eV/atom)", "split", "ACE − DFT (meV/atom)",
+        "ACE force RMSE (meV/Å)", "max γ", "k-grid", "pw.x time (s)",
     ]  # fmt: skip
     rows = []
     for s in data["structures"]:
@@ -637,6 +1042,10 @@ def _structures_html(data: dict[str, Any]) -> str:
             (_num(s["energy_ev_per_atom"], ".6f"), "num"),
             (_e(s["split"]), ""),
             (_num(s["ace_error_mev_per_atom"], ".2f"), "num"),
+            (_num(s.get("ace_force_rmse_mev_per_ang"), ".1f"), "num"),
+            (_num(s.get("max_gamma"), ".2f"), "num"),
+            (_e("x".join(map(str, s["kgrid"])) if s.get("kgrid") else ""), ""),
+            (_num(s.get("pwx_seconds"), ".1f"), "num"),
         ]
         rows.append(cells)
     return _table(headers, rows, [s["state"] for s in data["structures"]])
@@ -673,6 +1082,101 @@ def _ladder_html(data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _kv_table(pairs: Sequence[tuple[str, Any]]) -> str:
+    rows = [[(_e(k), ""), (_e(v), "")] for k, v in pairs if v not in (None, "", {}, [])]
+    return _table(["setting", "value"], rows) if rows else "<p>Not recorded by this run.</p>"
+
+
+def _dft_html(data: dict[str, Any]) -> str:
+    dft = data.get("dft") or {}
+    kpoints = (
+        f"fixed grid {dft['kpts']}"
+        if dft.get("kpts")
+        else f"kspacing {dft['kspacing']} 1/Å (ASE convention, no 2π)"
+        if dft.get("kspacing") is not None
+        else None
+    )
+    pseudos = ", ".join(f"{k}: {v}" for k, v in sorted((dft.get("pseudopotentials") or {}).items()))
+    versions = ", ".join(f"{v} ({n} labels)" for v, n in dft.get("pw_versions", {}).items())
+    pairs = [
+        ("pw.x version", versions),
+        ("functional (input_dft)", dft.get("input_dft") or "from the pseudopotentials"),
+        ("ecutwfc (Ry)", dft.get("ecutwfc")),
+        ("ecutrho (Ry)", dft.get("ecutrho")),
+        ("occupations", dft.get("occupations") or "fixed (pw.x default)"),
+        ("smearing", dft.get("smearing")),
+        ("degauss (Ry)", dft.get("degauss")),
+        ("nspin", dft.get("nspin") or 1),
+        ("conv_thr (Ry)", dft.get("conv_thr")),
+        ("k-points", kpoints),
+        ("k-point offsets", dft.get("koffset")),
+        ("pseudopotentials", pseudos),
+        ("theory key", ", ".join(f"{k} ({n} labels)" for k, n in dft.get("theory_keys", {}).items())
+         or "not recorded by this run"),
+    ]  # fmt: skip
+    parts = [_kv_table(pairs)]
+    if len(dft.get("theory_keys") or {}) > 1:
+        parts.append(
+            '<p class="missing">The labels come from more than one level of theory: energies '
+            "of different theory keys are not comparable and should not share a fit.</p>"
+        )
+    if dft.get("kgrids"):
+        rows = [[(_e(k), ""), (_e(n), "num")] for k, n in dft["kgrids"].items()]
+        parts.append("<p>k-point grids of the labelled cells:</p>")
+        parts.append(_table(["formula and grid", "labels"], rows))
+    return "".join(parts)
+
+
+def _fit_html(data: dict[str, Any]) -> str:
+    curve = data.get("learning_curve") or {}
+    parts = []
+    verdict = curve.get("converged")
+    if verdict is not None:
+        text = "converged" if verdict else "did not converge"
+        msg = curve.get("optimizer_message")
+        parts.append(
+            f"<p>The optimizer {_e(text)}{f' ({_e(msg)})' if msg else ''} after "
+            f"{_e(curve['iterations'][-1] if curve.get('iterations') else '?')} iterations "
+            f"(loss from <code>{_e(curve.get('source'))}</code>).</p>"
+        )
+    for caveat in data.get("caveats") or []:
+        parts.append(f'<p class="missing">{_e(caveat)}</p>')
+    return "".join(parts)
+
+
+def _timings_html(data: dict[str, Any]) -> str:
+    t = data.get("timings") or {}
+
+    def sec(value: Any) -> str | None:
+        v = _finite(value)
+        return None if v is None else f"{v:.1f} s"
+
+    return _kv_table(
+        [
+            ("pw.x attempts", t.get("pwx_attempts")),
+            ("pw.x wall time, all attempts", sec(t.get("pwx_total_s"))),
+            (
+                "pw.x wall time per attempt (mean / max)",
+                f"{sec(t.get('pwx_mean_s'))} / {sec(t.get('pwx_max_s'))}"
+                if t.get("pwx_mean_s") is not None
+                else None,
+            ),
+            ("fit wall time", sec(t.get("fit_s"))),
+        ]  # fmt: skip
+    )
+
+
+def _magnetism_html(data: dict[str, Any]) -> str:
+    magnetic = [s for s in data["structures"] if s.get("total_magmom") is not None]
+    if not magnetic:
+        return "<p>No magnetic moments recorded (a spin-unpolarised run, or an older one).</p>"
+    rows = [
+        [(_e(s["id"]), "num"), (_e(s["formula"]), ""), (_num(s["total_magmom"], ".3f"), "num")]
+        for s in magnetic
+    ]
+    return _table(["id", "formula", "total magnetisation (μB/cell)"], rows)
+
+
 def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
     """The self-contained page for :func:`collect` data and the drawn figures."""
     by_name = {f.name: f for f in figures}
@@ -692,11 +1196,26 @@ def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
             f'<p class="meta">Run directory <code>{_e(data["run_dir"])}</code>; '
             f"written {_e(data['generated'])}.</p>",
             f"<p><b>Structures:</b> {_e(counts)}.</p>",
+            f'<p class="missing">{_e(data["store_warning"])}</p>'
+            if data.get("store_warning")
+            else "",
+            "<h2>DFT settings and provenance</h2>",
+            _dft_html(data),
             "<h2>Potential</h2>",
             _metrics_html(data),
+            _fit_html(data),
             figs("energy_parity.png", "force_parity.png"),
+            figs("learning_curve.png"),
             "<h2>Errors</h2>",
-            figs("error_histograms.png"),
+            figs("error_histograms.png", "structure_errors.png"),
+            "<h2>Energy-volume curves</h2>",
+            figs("ev_curves.png"),
+            "<h2>Extrapolation</h2>",
+            figs("gamma_histogram.png"),
+            "<h2>Magnetic moments</h2>",
+            _magnetism_html(data),
+            "<h2>Timings</h2>",
+            _timings_html(data),
             "<h2>Retry ladder</h2>",
             _ladder_html(data),
             figs("attempts.png", "rescues.png", "quarantine.png"),

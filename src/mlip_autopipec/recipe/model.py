@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,12 @@ class Recipe:
 
 @dataclass(frozen=True)
 class SourcedAtoms:
-    """One structure and a readable label of where it came from."""
+    """One structure, a readable label of where it came from, and the same as data.
+
+    ``origin``: entry index, source kind, the source's parameters and the transformations
+    applied (strain tensor, rattle copy, ...); JSON-safe, stored as ``structures.origin``.
+    """
 
     source: str
     atoms: Atoms
+    origin: dict[str, Any] = field(default_factory=dict)

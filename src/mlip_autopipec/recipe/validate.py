@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.io.espresso import kspacing_to_grid
-from ase.io.formats import ioformats
 from ase.neighborlist import neighbor_list
 
 from mlip_autopipec.errors import Diagnostic, RecipeError
@@ -22,14 +21,13 @@ from mlip_autopipec.recipe._yaml import Path_, Positions, YamlLoadError, load_ya
 from mlip_autopipec.recipe.model import Recipe
 from mlip_autopipec.recipe.namelists import check_key
 from mlip_autopipec.recipe.schema import (
-    did_you_mean,
     dotted,
     fill_defaults,
     invalid_sections,
     load_schema,
     schema_diagnostics,
 )
-from mlip_autopipec.recipe.structures import bulk_base, read_frames, strains
+from mlip_autopipec.recipe.structures import FILE_KINDS, EntryCheck, check_entry, kind_of
 
 #: pw.x refuses ecutrho <= ecutwfc and warns below 4 × ecutwfc (norm-conserving minimum).
 _ECUTRHO_FACTOR_DEFAULT = 8.0
@@ -46,8 +44,8 @@ class _Checker:
         self.pos = pos
         self.base_dir = base_dir
         self.out: list[Diagnostic] = []
-        #: frames read from each file entry (by entry index), read once, checked twice
-        self.frames: dict[int, list[tuple[int, Atoms]]] = {}
+        #: each entry built once (by index), for the structure and the k-grid checks
+        self.checks: dict[int, EntryCheck] = {}
 
     def add(self, path: Path_, message: str, *, key: bool = False, warning: bool = False) -> None:
         line, col = self.pos.at(path, key=key)
@@ -96,62 +94,14 @@ def _check_structures(
     total = 0
     for i, entry in enumerate(entries):
         path: Path_ = ("structures", i)
-        if "bulk" in entry:
-            strain = entry.get("strain")
-            if strain and strain["min"] > strain["max"]:
-                c.add((*path, "strain", "min"), "strain.min is larger than strain.max")
-                ok = False
-                continue
-            try:
-                base = bulk_base(entry["bulk"])
-            except Exception as exc:  # ASE raises many types for impossible crystals
-                c.add((*path, "bulk"), f"ase.build.bulk cannot build this: {_short(exc)}", key=True)
-                ok = False
-                continue
-            # validation only needs the base cell and the most compressed one; the rattled
-            # copies are checked by the oracle's preflight when they are run
-            squeezed = base.copy()
-            squeezed.set_cell(base.cell * (1.0 + min(strains(entry))), scale_atoms=True)
-            _check_cell(c, (*path, "bulk"), f"structures[{i}]", squeezed, min_distance)
-            built = [base]
-            count = len(strains(entry)) * (1 + (entry.get("rattle") or {}).get("count", 0))
-            total += count
-        else:
-            file = Path(entry["file"]).expanduser()
-            full = file if file.is_absolute() else c.base_dir / file
-            if not full.exists():
-                c.add((*path, "file"), f"structure file {entry['file']!r} not found ({full})")
-                ok = False
-                continue
-            if full.is_dir():
-                c.add((*path, "file"), f"structure file {entry['file']!r} is a directory")
-                ok = False
-                continue
-            fmt = entry.get("format")
-            if fmt is not None and fmt not in ioformats:
-                hint = did_you_mean(fmt, sorted(ioformats))
-                c.add((*path, "format"), f"{fmt!r} is not an ASE format{hint}")
-                ok = False
-                continue
-            try:
-                frames = c.frames[i] = read_frames(entry, c.base_dir)
-            except IndexError as exc:
-                where = (*path, "index") if "index" in entry else (*path, "file")
-                c.add(where, _short(exc))
-                ok = False
-                continue
-            except Exception as exc:  # ASE readers raise anything from ValueError to KeyError
-                c.add((*path, "file"), f"ASE cannot read {entry['file']!r}: {_short(exc)}")
-                ok = False
-                continue
-            built = []
-            total += len(frames)
-            for n, atoms in frames:
-                _check_cell(
-                    c, (*path, "file"), f"frame {n} of {entry['file']!r}", atoms, min_distance
-                )
-                built.append(atoms)
-        for atoms in built:
+        checked = c.checks[i] = check_entry(i, entry, c.base_dir)
+        for where, message, key in checked.problems:
+            c.add((*path, *where), message, key=key)
+            ok = False
+        for what, atoms in checked.cells:
+            _check_cell(c, (*path, kind_of(entry)), what, atoms, min_distance)
+        total += checked.count
+        for atoms in checked.structures:
             for symbol in set(atoms.get_chemical_symbols()):
                 if i not in elements.setdefault(symbol, []):
                     elements[symbol].append(i)
@@ -183,29 +133,15 @@ def _check_kgrid_consistency(
     kspacing = oracle.get("kspacing")
     if oracle.get("kpts") is not None or not isinstance(kspacing, int | float) or kspacing <= 0:
         return
-    for i, entry in enumerate(entries):
-        families: dict[str, list[tuple[str, str]]] = {}
-        try:
-            if "bulk" in entry:
-                base = bulk_base(entry["bulk"])
-                for e in strains(entry):
-                    cell = base.copy()
-                    cell.set_cell(base.cell * (1.0 + e), scale_atoms=True)
-                    families.setdefault("", []).append((f"strain {e:+.3f}", _grid(cell, kspacing)))
-                where: Path_ = (
-                    ("structures", i, "strain")
-                    if entry.get("strain")
-                    else ("structures", i, "bulk")
-                )
-            else:
-                for n, atoms in c.frames.get(i, []):
-                    if atoms.cell.rank == 3:
-                        families.setdefault(atoms.get_chemical_formula(), []).append(
-                            (f"frame {n}", _grid(atoms, kspacing))
-                        )
-                where = ("structures", i, "file")
-        except Exception:  # noqa: BLE001 - the structure checks already reported it
-            continue
+    for i in range(len(entries)):
+        checked = c.checks.get(i)
+        if checked is None or checked.problems:
+            continue  # the structure checks already reported it
+        where: Path_ = ("structures", i, *checked.where)
+        families = {
+            name: [(label, _grid(atoms, kspacing)) for label, atoms in members]
+            for name, members in checked.families.items()
+        }
         for formula, grids in families.items():
             distinct = sorted({g for _, g in grids})
             if len(distinct) < 2:
@@ -378,8 +314,9 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
         return str(p if p.is_absolute() else (base_dir / p).resolve())
 
     for entry in data["structures"]:
-        if "file" in entry:
-            entry["file"] = absolute(entry["file"])
+        for key in FILE_KINDS:
+            if key in entry:
+                entry[key] = absolute(entry[key])
     oracle = data["oracle"]
     if oracle.get("pseudo_dir"):
         oracle["pseudo_dir"] = absolute(oracle["pseudo_dir"])
