@@ -14,6 +14,12 @@ A ladder maps a failure class to an ordered list of *steps*. A step is plain dat
     {"only_if": {"system.occupations": ["fixed", None]}} # only if the current parameters
                                                         # hold one of these values (None:
                                                         # unset)
+    {"scale_printed": {"system.nbnd": {"factor": 1.05, "at_least": 4}}}
+                                                        # from the value pw.x printed in
+                                                        # the failed attempt (nbnd: the
+                                                        # number of Kohn-Sham states):
+                                                        # max(value x factor, value +
+                                                        # at_least), rounded up
     {"repeat": true}                                    # may repeat an already tried
                                                         # parameter set (a fault of the
                                                         # run, not of the settings)
@@ -99,6 +105,12 @@ _SMEARING: Final = {
     "system.smearing": "mv",
     "system.degauss": 0.02,
 }
+#: ``scale_printed`` for too few bands: max(5 %, 4) more than pw.x used (as aiida's
+#: ``sanity_check_insufficient_bands``).
+_MORE_BANDS: Final = {"factor": 1.05, "at_least": 4}
+#: pw.x key -> the name of the printed value (:func:`diagnose.parse_printed`) it scales.
+PRINTED_KEYS: Final[Mapping[str, str]] = {"system.nbnd": "nbnd"}
+
 #: ``only_if`` for the smearing steps: the occupations are fixed (pw.x's default).
 _FIXED_OCCUPATIONS: Final = {"system.occupations": ["fixed", None]}
 
@@ -219,6 +231,19 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "note": "still singular: Thomas-Fermi screened mixing",
         },
     ],
+    FailureClass.TOO_FEW_BANDS: [
+        {
+            "scale_printed": {"system.nbnd": dict(_MORE_BANDS)},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "the highest band is occupied: nbnd + max(5 %, 4) from the number of "
+            "Kohn-Sham states pw.x printed, continuing from the converged density",
+        },
+        {
+            "scale_printed": {"system.nbnd": dict(_MORE_BANDS)},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "still occupied: raise nbnd once more",
+        },
+    ],
     FailureClass.INCOMPLETE_OUTPUT: [
         {
             "restart": RESTART_SCRATCH,
@@ -239,7 +264,18 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
 DEFAULT_MAX_ATTEMPTS: Final = 6
 
 STEP_KEYS: Final = frozenset(
-    {"set", "scale", "kspacing", "restart", "when", "match", "only_if", "repeat", "note"}
+    {
+        "set",
+        "scale",
+        "scale_printed",
+        "kspacing",
+        "restart",
+        "when",
+        "match",
+        "only_if",
+        "repeat",
+        "note",
+    }
 )
 
 
@@ -333,9 +369,25 @@ def _scaled(value: Any, factor: float) -> Any:
     return float(f"{float(value) * float(factor):.12g}")
 
 
-def apply_step(params: Mapping[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
-    """A new parameter dict with ``step`` applied to a copy of ``params``."""
+def apply_step(
+    params: Mapping[str, Any],
+    step: Mapping[str, Any],
+    printed: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A new parameter dict with ``step`` applied to a copy of ``params``.
+
+    ``printed`` holds the values pw.x printed in the failed attempt (``scale_printed``
+    reads them); a step that needs a value pw.x did not print raises ValueError.
+    """
     out = dict(params)
+    for key, rule in (step.get("scale_printed") or {}).items():
+        name = PRINTED_KEYS.get(key)
+        value = None if name is None else (printed or {}).get(name)
+        if value is None:
+            raise ValueError(f"cannot scale {key!r}: pw.x did not print it")
+        factor = float(rule.get("factor", 1.0))
+        at_least = int(rule.get("at_least", 0))
+        out[key] = max(math.ceil(int(value) * factor), int(value) + at_least)
     for key, value in (step.get("set") or {}).items():
         out[key] = value
     for key, factor in (step.get("scale") or {}).items():
@@ -375,6 +427,29 @@ def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
                 for t in [when] if isinstance(when, str) else when:
                     if t not in TRENDS:
                         problems.append(f"{where}: when={t!r} is not one of {list(TRENDS)}")
+            for key, rule in (step.get("scale_printed") or {}).items():
+                if key not in PRINTED_KEYS:
+                    problems.append(
+                        f"{where}: scale_printed: pw.x prints no value for {key}; "
+                        f"one of {sorted(PRINTED_KEYS)}"
+                    )
+                ok = isinstance(rule, Mapping) and set(rule) <= {"factor", "at_least"}
+                factor = rule.get("factor", 1.0) if isinstance(rule, Mapping) else None
+                at_least = rule.get("at_least", 0) if isinstance(rule, Mapping) else None
+                if not (
+                    ok
+                    and isinstance(factor, int | float)
+                    and not isinstance(factor, bool)
+                    and factor >= 1
+                    and isinstance(at_least, int)
+                    and not isinstance(at_least, bool)
+                    and at_least >= 0
+                    and (factor > 1 or at_least > 0)
+                ):
+                    problems.append(
+                        f"{where}: scale_printed.{key} must be {{factor: >= 1, at_least: "
+                        "integer >= 0}} and grow the value"
+                    )
             if "repeat" in step and not isinstance(step["repeat"], bool):
                 problems.append(f"{where}: repeat must be true or false")
             if step.get("only_if") is not None and not isinstance(step["only_if"], Mapping):
@@ -486,12 +561,13 @@ def plan_next(
         if not _conditions_hold(step, trend, last.message, current):
             continue
         try:
-            params = apply_step(current, step)
+            params = apply_step(current, step, getattr(last, "printed", None))
         except (TypeError, ValueError):
             # e.g. a scale of a key that is unset (no pw.x default) or not a number: the
             # step does not apply to this structure; planning must never raise
             continue
-        if (step.get("set") or step.get("scale") or step.get("kspacing")) and params == current:
+        changes = ("set", "scale", "scale_printed", "kspacing")
+        if any(step.get(k) for k in changes) and params == current:
             # the step exists to change something it finds already in place
             continue
         restart = step.get("restart", RESTART_SCRATCH)
@@ -522,6 +598,10 @@ def default_ladder_markdown(
         for i, step in enumerate(ladders.get(cls) or []):
             changes = [f"`{k} = {fmt(v)}`" for k, v in (step.get("set") or {}).items()]
             changes += [f"`{k} x {fmt(v)}`" for k, v in (step.get("scale") or {}).items()]
+            for k, v in (step.get("scale_printed") or {}).items():
+                changes.append(
+                    f"`{k}` = max(printed x {v.get('factor', 1)}, printed + {v.get('at_least', 0)})"
+                )
             if step.get("kspacing") is not None:
                 changes.append(f"`kspacing = {step['kspacing']}`")
             cond = []
