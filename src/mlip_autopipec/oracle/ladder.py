@@ -55,8 +55,21 @@ Measured with pw.x 6.7 on this project's machine (the cases are in
   m-v smearing 0.02 Ry converges in 4.
 * Rattled 8-atom Si cell at Gamma (levels cross the Fermi level): 100 erratic steps;
   200 more from the density do not converge, smearing from scratch converges in 13.
-* Ni2 at 0.7 Å (smearing): Davidson ``S matrix not positive definite`` after 15
-  steps; cg converges in 17. At 0.6 Å cg segfaults (signal 11): quarantined after 2.
+* Eigensolver order (``diagonalization`` ladder), measured on two-atom cells at Gamma
+  with m-v smearing (SCF iterations / wall seconds on the shared 2-core machine):
+
+  =====================  ===============  ===========  ===========  ===========
+  case                   david            cg           ppcg         paro
+  =====================  ===============  ===========  ===========  ===========
+  Ni2 at 0.7 Å           S matrix (15)    17 / 13.9    16 / 13.2    17 / 14.3
+  Fe2 at 0.8 Å, nspin 2  S matrix (1)     signal 11    zhegvd (3)   32 / 27.1
+  Ni2 at 0.6 Å           S matrix (1)     signal 11    zhegvd (1)   S matrix (2)
+  =====================  ===============  ===========  ===========  ===========
+
+  paro is never worse and is the only one that rescues Fe2, so the ladder is
+  david -> paro -> cg (aiida-quantumespresso's order too); ppcg never rescued a case
+  the others did not and is left out. Ni2 at 0.6 Å is quarantined after 3 attempts
+  (paro fails, cg segfaults).
 * Ni2 at 0.9 Å (smearing): 100 oscillating steps; beta 0.35 from the density: 24.
 * Fe bcc magnetic with ``max_seconds=0.8``: pw.x stops, writes the density; two
   continuations from it converge (accuracy 0.31 -> 1.4e-3 -> converged).
@@ -177,15 +190,16 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
     ],
     FailureClass.DIAGONALIZATION: [
         {
-            "set": {"electrons.diagonalization": "cg"},
+            "set": {"electrons.diagonalization": "paro"},
             "restart": RESTART_SCRATCH,
-            "note": "Davidson failed (S matrix / Cholesky): conjugate gradient rescues "
-            "genuine S-matrix failures",
+            "note": "the eigensolver failed (S matrix / Cholesky / zhegvd): ParO, measured "
+            "first: it rescues Fe2 at 0.8 A where cg segfaults and ppcg fails, and costs "
+            "the same as cg on Ni2 at 0.7 A",
         },
         {
-            "set": {"electrons.diagonalization": "ppcg"},
+            "set": {"electrons.diagonalization": "cg"},
             "restart": RESTART_SCRATCH,
-            "note": "second eigensolver: projected preconditioned CG",
+            "note": "conjugate gradient: the slowest and most robust eigensolver, last",
         },
     ],
     FailureClass.WALLTIME: [
