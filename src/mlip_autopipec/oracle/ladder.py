@@ -20,6 +20,17 @@ A ladder maps a failure class to an ordered list of *steps*. A step is plain dat
                                                         # number of Kohn-Sham states):
                                                         # max(value x factor, value +
                                                         # at_least), rounded up
+    {"probe": 25}                                       # a charge_density restart runs
+                                                        # at most 25 SCF steps; if that
+                                                        # fails, the next step runs from
+                                                        # scratch with the full budget
+    {"when_kgrid_at_most": 2}                           # only if the failed attempt's
+                                                        # k-grid has <= 2 points per axis
+    {"denser_k": 2}                                     # k-point density x 2 (spacing
+                                                        # / 2, or an explicit grid x 2)
+    {"changes_theory": true}                            # the step changes the level of
+                                                        # theory (smearing, k-points):
+                                                        # recorded with the attempt
     {"repeat": true}                                    # may repeat an already tried
                                                         # parameter set (a fault of the
                                                         # run, not of the settings)
@@ -99,6 +110,8 @@ TRENDS: Final = (TREND_DECREASING, TREND_OSCILLATING, TREND_STAGNANT, TREND_NONE
 #: Flat keys that are not pw.x namelist entries.
 KSPACING_KEY: Final = "kspacing"
 KPTS_KEY: Final = "kpts"
+#: The SCF iteration budget (a ``probe`` step shortens it for one attempt).
+MAXSTEP_KEY: Final = "electrons.electron_maxstep"
 #: Set by the oracle for charge-density restarts; never accumulated across attempts.
 STARTINGPOT_KEY: Final = "electrons.startingpot"
 
@@ -118,6 +131,10 @@ _SMEARING: Final = {
     "system.smearing": "mv",
     "system.degauss": 0.02,
 }
+#: SCF steps of a ``probe`` restart from the density (measured: restarts that help
+#: converge in 8 (Fe2, beta 0.475) and 24 (Ni2 0.9 Å, beta 0.35) steps).
+DENSITY_PROBE: Final = 25
+
 #: ``scale_printed`` for too few bands: max(5 %, 4) more than pw.x used (as aiida's
 #: ``sanity_check_insufficient_bands``).
 _MORE_BANDS: Final = {"factor": 1.05, "at_least": 4}
@@ -143,19 +160,37 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "only_if": dict(_FIXED_OCCUPATIONS),
             "set": dict(_SMEARING),
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "erratic SCF with fixed occupations: levels crossing the Fermi level "
             "(metal, or a gap closed by rattling): Marzari-Vanderbilt smearing",
         },
         {
             "scale": {"electrons.mixing_beta": 0.5},
             "restart": RESTART_CHARGE_DENSITY,
+            "probe": DENSITY_PROBE,
             "note": "halve mixing_beta and start from the saved charge density (pw.x "
-            "writes it even after 'convergence NOT achieved'; usually saves most steps)",
+            "writes it even after 'convergence NOT achieved'); a short probe budget: "
+            "when the density helps it converges fast",
+        },
+        {
+            "when": [TREND_OSCILLATING, TREND_STAGNANT],
+            "only_if": {"system.occupations": ["smearing"]},
+            "when_kgrid_at_most": 2,
+            "denser_k": 2,
+            "set": {"system.degauss": 0.02},
+            "restart": RESTART_SCRATCH,
+            "changes_theory": True,
+            "note": "still erratic after gentler mixing, a metal or magnet on a coarse "
+            "k-grid (<= 2 points per axis): no mixing knob converges it; twice the k-point "
+            "density and 0.02 Ry smearing with the gentle beta do (Fe2 rattled at Gamma, "
+            "beta 0.3: 60 oscillating steps; 2x2x2 converges in 15). Not first: a magnet "
+            "that only needs gentler mixing (Fe2 at 2x2x2, beta 0.95 -> 0.475: 8 steps) "
+            "keeps its level of theory",
         },
         {
             "restart": RESTART_SCRATCH,
-            "note": "same settings from scratch: a saved density can keep metals whose "
-            "occupations flip every step stuck",
+            "note": "same settings from scratch with the full budget: a saved density can "
+            "keep metals whose occupations flip every step stuck",
         },
         {
             "set": {"electrons.mixing_mode": "local-TF", "electrons.mixing_ndim": 12},
@@ -175,11 +210,13 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "only_if": dict(_FIXED_OCCUPATIONS),
             "set": dict(_SMEARING),
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "'charge is wrong: smearing is needed': a metal run with fixed occupations",
         },
         {
             "scale": {"system.degauss": 2, "electrons.mixing_beta": 0.5},
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "escalate the smearing and mix more gently",
         },
         {
@@ -219,6 +256,7 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "only_if": dict(_FIXED_OCCUPATIONS),
             "set": dict(_SMEARING),
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "'fixed occupations and lsda need tot_magnetization': use smearing",
         },
     ],
@@ -288,6 +326,10 @@ STEP_KEYS: Final = frozenset(
         "match",
         "only_if",
         "repeat",
+        "probe",
+        "when_kgrid_at_most",
+        "denser_k",
+        "changes_theory",
         "note",
     }
 )
@@ -412,6 +454,15 @@ def apply_step(
     if step.get("kspacing") is not None:
         out.pop(KPTS_KEY, None)
         out[KSPACING_KEY] = float(step["kspacing"])
+    denser = step.get("denser_k")
+    if denser is not None:
+        # k-point density x denser: a smaller spacing, or more points of an explicit grid
+        if out.get(KPTS_KEY) is not None:
+            out[KPTS_KEY] = [int(math.ceil(int(k) * float(denser))) for k in out[KPTS_KEY]]
+        elif out.get(KSPACING_KEY) is not None:
+            out[KSPACING_KEY] = float(f"{float(out[KSPACING_KEY]) / float(denser):.12g}")
+        else:
+            raise ValueError("denser_k: no k-points to refine")
     return out
 
 
@@ -464,8 +515,20 @@ def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
                         f"{where}: scale_printed.{key} must be {{factor: >= 1, at_least: "
                         "integer >= 0}} and grow the value"
                     )
-            if "repeat" in step and not isinstance(step["repeat"], bool):
-                problems.append(f"{where}: repeat must be true or false")
+            for flag in ("repeat", "changes_theory"):
+                if flag in step and not isinstance(step[flag], bool):
+                    problems.append(f"{where}: {flag} must be true or false")
+            dk = step.get("denser_k")
+            if dk is not None and (
+                not isinstance(dk, int | float) or isinstance(dk, bool) or dk <= 1
+            ):
+                problems.append(f"{where}: denser_k must be a number > 1")
+            for count in ("probe", "when_kgrid_at_most"):
+                value = step.get(count)
+                if value is not None and (
+                    not isinstance(value, int) or isinstance(value, bool) or value < 1
+                ):
+                    problems.append(f"{where}: {count} must be a positive integer")
             if step.get("only_if") is not None and not isinstance(step["only_if"], Mapping):
                 problems.append(f"{where}: only_if must map dotted keys to allowed values")
             if step.get("match") is not None:
@@ -568,11 +631,22 @@ def plan_next(
     used = {(h.step.get("ladder"), h.step.get("index")) for h in history if h.step is not None}
     tried = {_key(dict(h.params_diff)) for h in history}
     current = apply_diff(base, {k: v for k, v in last.params_diff.items() if k != STARTINGPOT_KEY})
+    if last.step is not None and "probe_restores" in last.step:
+        # a probe's short iteration budget is for that attempt only
+        restored = last.step["probe_restores"]
+        if restored is None:
+            current.pop(MAXSTEP_KEY, None)
+        else:
+            current[MAXSTEP_KEY] = restored
     trend = scf_trend(last.scf_history_ev)
+    kgrid = getattr(last, "kgrid", None)
     for index, step in enumerate(steps):
         if (last.failure_class, index) in used:
             continue
         if not _conditions_hold(step, trend, last.message, current):
+            continue
+        coarse = step.get("when_kgrid_at_most")
+        if coarse is not None and (not kgrid or max(int(k) for k in kgrid) > int(coarse)):
             continue
         try:
             params = apply_step(current, step, getattr(last, "printed", None))
@@ -580,17 +654,25 @@ def plan_next(
             # e.g. a scale of a key that is unset (no pw.x default) or not a number: the
             # step does not apply to this structure; planning must never raise
             continue
-        changes = ("set", "scale", "scale_printed", "kspacing")
+        changes = ("set", "scale", "scale_printed", "kspacing", "denser_k")
         if any(step.get(k) for k in changes) and params == current:
             # the step exists to change something it finds already in place
             continue
         restart = step.get("restart", RESTART_SCRATCH)
         if restart == RESTART_CHARGE_DENSITY and not density_available:
             restart = RESTART_SCRATCH
+        record = {"ladder": last.failure_class, "index": index, "trend": trend, **step}
+        probe = step.get("probe")
+        if probe is not None and restart == RESTART_CHARGE_DENSITY:
+            # a short budget from the density: when the restart helps it converges fast;
+            # when it does not, the next step runs the same settings from scratch
+            full = params.get(MAXSTEP_KEY)
+            record["probe_restores"] = full
+            budget = full if full is not None else PW_DEFAULTS[MAXSTEP_KEY]
+            params = {**params, MAXSTEP_KEY: min(int(probe), int(budget))}
         diff = _restart_diff(params_diff(base, params), restart)
         if _key(diff) in tried and not step.get("repeat"):
             continue
-        record = {"ladder": last.failure_class, "index": index, "trend": trend, **step}
         return Plan(len(history) + 1, record, params, diff, restart)
     return None
 
@@ -618,7 +700,15 @@ def default_ladder_markdown(
                 )
             if step.get("kspacing") is not None:
                 changes.append(f"`kspacing = {step['kspacing']}`")
+            if step.get("denser_k") is not None:
+                changes.append(f"k-point density x {step['denser_k']}")
+            if step.get("probe") is not None:
+                changes.append(f"at most {step['probe']} SCF steps (probe)")
+            if step.get("changes_theory"):
+                changes.append("**changes the level of theory**")
             cond = []
+            if step.get("when_kgrid_at_most") is not None:
+                cond.append(f"k-grid <= {step['when_kgrid_at_most']} per axis")
             if step.get("when"):
                 w = step["when"]
                 cond.append("SCF " + (" or ".join(w) if not isinstance(w, str) else w))
