@@ -26,6 +26,8 @@ A ladder maps a failure class to an ordered list of *steps*. A step is plain dat
                                                         # scratch with the full budget
     {"when_kgrid_at_most": 2}                           # only if the failed attempt's
                                                         # k-grid has <= 2 points per axis
+    {"when_below": {"electrons.mixing_beta": 0.35}}     # only if the current value (or
+                                                        # pw.x default) is below this
     {"denser_k": 2}                                     # k-point density x 2 (spacing
                                                         # / 2, or an explicit grid x 2)
     {"changes_theory": true}                            # the step changes the level of
@@ -131,6 +133,9 @@ _SMEARING: Final = {
     "system.smearing": "mv",
     "system.degauss": 0.02,
 }
+#: Keys a ``when_below`` condition may name (the schema lists the same).
+WHEN_BELOW_KEYS: Final = ("electrons.mixing_beta", "system.degauss")
+
 #: SCF steps of a ``probe`` restart from the density (measured: restarts that help
 #: converge in 8 (Fe2, beta 0.475) and 24 (Ni2 0.9 Å, beta 0.35) steps).
 DENSITY_PROBE: Final = 25
@@ -163,6 +168,21 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "changes_theory": True,
             "note": "erratic SCF with fixed occupations: levels crossing the Fermi level "
             "(metal, or a gap closed by rattling): Marzari-Vanderbilt smearing",
+        },
+        {
+            "when": [TREND_OSCILLATING, TREND_STAGNANT],
+            "only_if": {"system.occupations": ["smearing"]},
+            "when_below": {"electrons.mixing_beta": 0.35},
+            "when_kgrid_at_most": 2,
+            "denser_k": 2,
+            "set": {"system.degauss": 0.02},
+            "restart": RESTART_SCRATCH,
+            "changes_theory": True,
+            "note": "erratic SCF of a metal or magnet on a coarse k-grid (<= 2 points per "
+            "axis) that already mixes gently (beta < 0.35): go to twice the k-point "
+            "density and 0.02 Ry smearing at once (Fe2 rattled at Gamma, beta 0.3: 60 "
+            "oscillating steps; a 25-step probe with beta 0.15 does not help; 2x2x2 "
+            "converges in 16-20)",
         },
         {
             "scale": {"electrons.mixing_beta": 0.5},
@@ -328,6 +348,7 @@ STEP_KEYS: Final = frozenset(
         "repeat",
         "probe",
         "when_kgrid_at_most",
+        "when_below",
         "denser_k",
         "changes_theory",
         "note",
@@ -518,6 +539,17 @@ def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
             for flag in ("repeat", "changes_theory"):
                 if flag in step and not isinstance(step[flag], bool):
                     problems.append(f"{where}: {flag} must be true or false")
+            below = step.get("when_below")
+            if below is not None and (
+                not isinstance(below, Mapping)
+                or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in below.values()
+                )
+            ):
+                problems.append(f"{where}: when_below must map dotted keys to numbers")
+            for key in step.get("when_below") or {}:
+                if key not in WHEN_BELOW_KEYS:
+                    problems.append(f"{where}: when_below: {key} is not one of {WHEN_BELOW_KEYS}")
             dk = step.get("denser_k")
             if dk is not None and (
                 not isinstance(dk, int | float) or isinstance(dk, bool) or dk <= 1
@@ -644,6 +676,13 @@ def plan_next(
         if (last.failure_class, index) in used:
             continue
         if not _conditions_hold(step, trend, last.message, current):
+            continue
+        below = step.get("when_below") or {}
+        if any(
+            not isinstance(current.get(k, PW_DEFAULTS.get(k)), int | float)
+            or current.get(k, PW_DEFAULTS.get(k)) >= limit
+            for k, limit in below.items()
+        ):
             continue
         coarse = step.get("when_kgrid_at_most")
         if coarse is not None and (not kgrid or max(int(k) for k in kgrid) > int(coarse)):
