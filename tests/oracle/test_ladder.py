@@ -115,7 +115,12 @@ def test_trend_picks_the_step() -> None:
     assert osc[1].restart == RESTART_SCRATCH
     # erratic with smearing already on: the smearing step changes nothing and is skipped
     osc = _run(["scf_not_converged"], [OSCILLATING], 6, [True], base=SMEARING_BASE)
-    assert osc[1].params_diff == {"electrons.mixing_beta": 0.35, "electrons.startingpot": "file"}
+    # (from the density with a probe budget of 25 SCF steps, issue 14.2)
+    assert osc[1].params_diff == {
+        "electrons.electron_maxstep": 25,
+        "electrons.mixing_beta": 0.35,
+        "electrons.startingpot": "file",
+    }
 
 
 def test_steps_accumulate_and_fall_back_to_scratch() -> None:
@@ -125,7 +130,11 @@ def test_steps_accumulate_and_fall_back_to_scratch() -> None:
     assert plans[2].params["electrons.mixing_beta"] == 0.35
     assert plans[2].params["system.occupations"] == "smearing"  # accumulated
     assert plans[2].restart == RESTART_CHARGE_DENSITY
-    assert plans[3].params == plans[2].params and plans[3].restart == RESTART_SCRATCH
+    # 3 was a probe (25 SCF steps from the density); 4 has the same settings, full budget
+    assert plans[2].params["electrons.electron_maxstep"] == 25
+    full = {k: v for k, v in plans[2].params.items() if k != "electrons.electron_maxstep"}
+    assert plans[3].params == full  # the recipe left electron_maxstep at pw.x's default
+    assert plans[3].restart == RESTART_SCRATCH
     assert plans[4].params["electrons.mixing_mode"] == "local-TF"
     assert plans[4].params["electrons.mixing_beta"] == 0.175
     assert plans[5].params["electrons.diagonalization"] == "cg"

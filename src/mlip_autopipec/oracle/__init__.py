@@ -10,8 +10,9 @@ Public API (the contract in docs/ARCHITECTURE.md):
 * :class:`EspressoOracle` (``preflight``, ``next_request``), :func:`label_serially`
 * :data:`DEFAULT_LADDERS`, :func:`default_ladder_markdown`
 
-The failure table is imported eagerly; everything that needs ASE is imported on first
-use, so ``mlip_autopipec.oracle.failures`` (and ``PERMANENT``) load without ASE.
+The failure table and the text diagnosis are imported eagerly; everything that needs
+ASE is imported on first use, so ``mlip_autopipec.oracle.failures`` (and ``PERMANENT``)
+load without ASE.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# diagnose shares its name with its submodule: it must be bound here, after the
+# submodule import (which would otherwise leave the module under that name)
+from mlip_autopipec.oracle.diagnose import Diagnosis, diagnose, parse_scf
 from mlip_autopipec.oracle.failures import CLASSES, PERMANENT, RETRYABLE, FailureClass
 
 if TYPE_CHECKING:
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
         run_attempt,
         write_attempt_input,
     )
-    from mlip_autopipec.oracle.diagnose import Diagnosis, diagnose, parse_scf
     from mlip_autopipec.oracle.espresso import (
         EspressoOracle,
         label_serially,
@@ -49,9 +52,6 @@ _LAZY = {
     "AttemptResult": "attempt",
     "run_attempt": "attempt",
     "write_attempt_input": "attempt",
-    "Diagnosis": "diagnose",
-    "diagnose": "diagnose",
-    "parse_scf": "diagnose",
     "EspressoOracle": "espresso",
     "label_serially": "espresso",
     "min_interatomic_distance": "espresso",

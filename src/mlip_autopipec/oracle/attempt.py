@@ -25,6 +25,7 @@ from mlip_autopipec.oracle.diagnose import (
     Diagnosis,
     FailureClass,
     diagnose,
+    parse_printed,
     parse_scf,
     parse_version,
 )
@@ -40,6 +41,10 @@ CHARGE_DENSITY_FILES = ("charge-density.dat", "charge-density.hdf5")
 #: Seconds left to pw.x between its own ``max_seconds`` stop and our hard timeout, so that
 #: it can write the charge density a walltime restart continues from.
 MAX_SECONDS_MARGIN = 0.1
+#: Largest occupation (0..1) of the highest band that a smeared label may have; above
+#: it ``nbnd`` is too small (aiida-quantumespresso's ``sanity_check_insufficient_bands``
+#: uses the same 0.005).
+MAX_HIGHEST_BAND_OCCUPATION = 0.005
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class AttemptResult:
     returncode: int | None = None
     restart: str = RESTART_SCRATCH
     structure_id: str = ""
+    #: values pw.x printed that a ladder step may read (``nbnd``, ``highest_band_occupation``)
+    printed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -139,6 +146,7 @@ class AttemptResult:
             kw["kgrid"] = tuple(int(k) for k in kw["kgrid"])
         kw["scf_history_ev"] = tuple(float(x) for x in kw.get("scf_history_ev") or ())
         kw["params_diff"] = dict(kw.get("params_diff") or {})
+        kw["printed"] = dict(kw.get("printed") or {})
         return cls(**kw)
 
 
@@ -205,6 +213,10 @@ def _prepare(req: AttemptRequest) -> tuple[EspressoTemplate, EspressoProfile, st
     control = input_data.setdefault("control", {})
     control["outdir"] = OUTDIR
     control["prefix"] = PREFIX
+    if _smeared(input_data) and "verbosity" not in control:
+        # occupations are printed only with verbosity='high': needed to see whether the
+        # highest band is empty (too few bands); printing only, the numbers are unchanged
+        control["verbosity"] = "high"
     if req.timeout is not None and "max_seconds" not in control:
         # pw.x stops cleanly and writes its density before our hard kill
         control["max_seconds"] = max(1.0, float(req.timeout) * (1 - MAX_SECONDS_MARGIN))
@@ -286,6 +298,7 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
         "wall_time": wall,
         "pw_version": parse_version(pwo_text),
         "returncode": returncode,
+        "printed": parse_printed(pwo_text),
     }
     if not diag.ok:
         return _result(req, diag, restart, **common)
@@ -301,7 +314,24 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
     )
     if problem is not None:
         return _result(req, Diagnosis(FailureClass.INCOMPLETE_OUTPUT, problem), restart, **common)
+    occupation = common["printed"].get("highest_band_occupation")
+    if _smeared(req.input_data) and occupation is not None:
+        if occupation > MAX_HIGHEST_BAND_OCCUPATION:
+            nbnd = common["printed"].get("nbnd")
+            bands = Diagnosis(
+                FailureClass.TOO_FEW_BANDS,
+                f"converged, but the highest band ({nbnd}) holds occupation {occupation:g} "
+                f"> {MAX_HIGHEST_BAND_OCCUPATION:g}: too few bands",
+            )
+            return _result(req, bands, restart, **common)
     return _result(req, diag, restart, **label, **common)
+
+
+def _smeared(input_data: Mapping[str, Mapping[str, Any]]) -> bool:
+    for name, values in input_data.items():
+        if str(name).lower() == "system" and isinstance(values, Mapping):
+            return str(values.get("occupations", "")).lower() == "smearing"
+    return False
 
 
 def _truthy(input_data: Mapping[str, Mapping[str, Any]], section: str, key: str) -> bool:

@@ -29,8 +29,6 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from ase.units import Ry
-
 from mlip_autopipec.oracle.failures import (
     OUT_OF_MEMORY_RE,
     PERMANENT,
@@ -48,6 +46,7 @@ __all__ = [
     "ScfInfo",
     "diagnose",
     "parse_scf",
+    "parse_printed",
     "parse_version",
 ]
 
@@ -68,6 +67,14 @@ SCF_ACCURACY_RE: Final = re.compile(r"^\s*estimated scf accuracy\s+<\s+([-+0-9.E
 FINAL_ENERGY_RE: Final = re.compile(r"^!\s+total energy", re.M)
 JOB_DONE_RE: Final = re.compile(r"JOB DONE\.")
 PW_VERSION_RE: Final = re.compile(r"^\s*Program PWSCF\s+v\.(\S+)", re.M)
+#: ``number of Kohn-Sham states=            8`` (pw.x's nbnd, printed at every verbosity).
+KS_STATES_RE: Final = re.compile(r"^\s*number of Kohn-Sham states=\s*(\d+)", re.M)
+END_OF_SCF_RE: Final = re.compile(r"^\s*End of self-consistent calculation", re.M)
+#: With ``verbosity='high'`` pw.x prints, per k-point (and spin), the band energies and
+#: then ``occupation numbers`` (0..1, Marzari-Vanderbilt may overshoot slightly).
+OCCUPATIONS_RE: Final = re.compile(
+    r"^\s*occupation numbers\s*\n((?:[ \t]*[-+0-9.Ee]+[ \t\d.Ee+-]*\n)+)", re.M
+)
 
 #: Fortran runtime errors and signals that pw.x prints when it dies without an error block.
 FORTRAN_RUNTIME_RE: Final = re.compile(
@@ -117,6 +124,9 @@ def parse_scf(pwo_text: str) -> ScfInfo:
     Only the accuracies inside iteration blocks count: the final ``!`` block repeats the
     converged value and is not a new iteration.
     """
+    # ASE's Rydberg (imported here: the text classification itself needs no ASE)
+    from ase.units import Ry
+
     end = FINAL_ENERGY_RE.search(pwo_text)
     body = pwo_text[: end.start()] if end else pwo_text
     iterations = [int(m.group(1)) for m in SCF_ITERATION_RE.finditer(body)]
@@ -130,6 +140,29 @@ def parse_scf(pwo_text: str) -> ScfInfo:
     values = (_float(m.group(1)) for m in matches)
     history = tuple(v * Ry for v in values if v is not None)
     return ScfInfo(n_scf=max(iterations, default=0), scf_history_ev=history)
+
+
+def parse_printed(pwo_text: str) -> dict[str, float | int]:
+    """Values pw.x printed that a ladder step may read (``scale_printed``).
+
+    ``nbnd``: the number of Kohn-Sham states; ``highest_band_occupation``: the largest
+    occupation of the highest band over k-points and spins in the final band listing
+    (only printed with ``verbosity='high'``; absent otherwise).
+    """
+    out: dict[str, float | int] = {}
+    m = KS_STATES_RE.search(pwo_text)
+    if m is not None:
+        out["nbnd"] = int(m.group(1))
+    ends = list(END_OF_SCF_RE.finditer(pwo_text))
+    tail = pwo_text[ends[-1].end() :] if ends else ""
+    highest = []
+    for block in OCCUPATIONS_RE.finditer(tail):
+        numbers = [_float(x) for x in block.group(1).split()]
+        if numbers and numbers[-1] is not None:
+            highest.append(numbers[-1])
+    if highest:
+        out["highest_band_occupation"] = max(highest)
+    return out
 
 
 def parse_version(pwo_text: str) -> str | None:

@@ -36,6 +36,7 @@ class FailureClass:
     MIXING_FAILED: Final = "mixing_failed"
     DEXX_NEGATIVE: Final = "dexx_negative"
     PARALLELIZATION: Final = "parallelization"
+    TOO_FEW_BANDS: Final = "too_few_bands"
 
     #: Every class, in the order of :data:`CLASSES` (set below from that table).
     ALL: ClassVar[tuple[str, ...]]
@@ -145,6 +146,14 @@ CLASSES: Final[tuple[ClassInfo, ...]] = (
         True,
         "The charge-density mixing failed (`Error in routine broyden`: `factorization`): "
         "the Broyden history became singular.",
+    ),
+    ClassInfo(
+        F.TOO_FEW_BANDS,
+        False,
+        True,
+        "A smeared run converged but its highest band holds an occupation above 0.005 "
+        "(printed with `verbosity='high'`, which the oracle sets for smeared runs): `nbnd` "
+        "is raised from the number pw.x printed and the run continues from the density.",
     ),
     ClassInfo(
         F.DEXX_NEGATIVE,

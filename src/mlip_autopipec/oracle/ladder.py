@@ -14,6 +14,25 @@ A ladder maps a failure class to an ordered list of *steps*. A step is plain dat
     {"only_if": {"system.occupations": ["fixed", None]}} # only if the current parameters
                                                         # hold one of these values (None:
                                                         # unset)
+    {"scale_printed": {"system.nbnd": {"factor": 1.05, "at_least": 4}}}
+                                                        # from the value pw.x printed in
+                                                        # the failed attempt (nbnd: the
+                                                        # number of Kohn-Sham states):
+                                                        # max(value x factor, value +
+                                                        # at_least), rounded up
+    {"probe": 25}                                       # a charge_density restart runs
+                                                        # at most 25 SCF steps; if that
+                                                        # fails, the next step runs from
+                                                        # scratch with the full budget
+    {"when_kgrid_at_most": 2}                           # only if the failed attempt's
+                                                        # k-grid has <= 2 points per axis
+    {"when_below": {"electrons.mixing_beta": 0.35}}     # only if the current value (or
+                                                        # pw.x default) is below this
+    {"denser_k": 2}                                     # k-point density x 2 (spacing
+                                                        # / 2, or an explicit grid x 2)
+    {"changes_theory": true}                            # the step changes the level of
+                                                        # theory (smearing, k-points):
+                                                        # recorded with the attempt
     {"repeat": true}                                    # may repeat an already tried
                                                         # parameter set (a fault of the
                                                         # run, not of the settings)
@@ -49,8 +68,21 @@ Measured with pw.x 6.7 on this project's machine (the cases are in
   m-v smearing 0.02 Ry converges in 4.
 * Rattled 8-atom Si cell at Gamma (levels cross the Fermi level): 100 erratic steps;
   200 more from the density do not converge, smearing from scratch converges in 13.
-* Ni2 at 0.7 Å (smearing): Davidson ``S matrix not positive definite`` after 15
-  steps; cg converges in 17. At 0.6 Å cg segfaults (signal 11): quarantined after 2.
+* Eigensolver order (``diagonalization`` ladder), measured on two-atom cells at Gamma
+  with m-v smearing (SCF iterations / wall seconds on the shared 2-core machine):
+
+  =====================  ===============  ===========  ===========  ===========
+  case                   david            cg           ppcg         paro
+  =====================  ===============  ===========  ===========  ===========
+  Ni2 at 0.7 Å           S matrix (15)    17 / 13.9    16 / 13.2    17 / 14.3
+  Fe2 at 0.8 Å, nspin 2  S matrix (1)     signal 11    zhegvd (3)   32 / 27.1
+  Ni2 at 0.6 Å           S matrix (1)     signal 11    zhegvd (1)   S matrix (2)
+  =====================  ===============  ===========  ===========  ===========
+
+  paro is never worse and is the only one that rescues Fe2, so the ladder is
+  david -> paro -> cg (aiida-quantumespresso's order too); ppcg never rescued a case
+  the others did not and is left out. Ni2 at 0.6 Å is quarantined after 3 attempts
+  (paro fails, cg segfaults).
 * Ni2 at 0.9 Å (smearing): 100 oscillating steps; beta 0.35 from the density: 24.
 * Fe bcc magnetic with ``max_seconds=0.8``: pw.x stops, writes the density; two
   continuations from it converge (accuracy 0.31 -> 1.4e-3 -> converged).
@@ -80,6 +112,8 @@ TRENDS: Final = (TREND_DECREASING, TREND_OSCILLATING, TREND_STAGNANT, TREND_NONE
 #: Flat keys that are not pw.x namelist entries.
 KSPACING_KEY: Final = "kspacing"
 KPTS_KEY: Final = "kpts"
+#: The SCF iteration budget (a ``probe`` step shortens it for one attempt).
+MAXSTEP_KEY: Final = "electrons.electron_maxstep"
 #: Set by the oracle for charge-density restarts; never accumulated across attempts.
 STARTINGPOT_KEY: Final = "electrons.startingpot"
 
@@ -99,6 +133,19 @@ _SMEARING: Final = {
     "system.smearing": "mv",
     "system.degauss": 0.02,
 }
+#: Keys a ``when_below`` condition may name (the schema lists the same).
+WHEN_BELOW_KEYS: Final = ("electrons.mixing_beta", "system.degauss")
+
+#: SCF steps of a ``probe`` restart from the density (measured: restarts that help
+#: converge in 8 (Fe2, beta 0.475) and 24 (Ni2 0.9 Å, beta 0.35) steps).
+DENSITY_PROBE: Final = 25
+
+#: ``scale_printed`` for too few bands: max(5 %, 4) more than pw.x used (as aiida's
+#: ``sanity_check_insufficient_bands``).
+_MORE_BANDS: Final = {"factor": 1.05, "at_least": 4}
+#: pw.x key -> the name of the printed value (:func:`diagnose.parse_printed`) it scales.
+PRINTED_KEYS: Final[Mapping[str, str]] = {"system.nbnd": "nbnd"}
+
 #: ``only_if`` for the smearing steps: the occupations are fixed (pw.x's default).
 _FIXED_OCCUPATIONS: Final = {"system.occupations": ["fixed", None]}
 
@@ -118,19 +165,52 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "only_if": dict(_FIXED_OCCUPATIONS),
             "set": dict(_SMEARING),
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "erratic SCF with fixed occupations: levels crossing the Fermi level "
             "(metal, or a gap closed by rattling): Marzari-Vanderbilt smearing",
         },
         {
+            "when": [TREND_OSCILLATING, TREND_STAGNANT],
+            "only_if": {"system.occupations": ["smearing"]},
+            "when_below": {"electrons.mixing_beta": 0.35},
+            "when_kgrid_at_most": 2,
+            "denser_k": 2,
+            "set": {"system.degauss": 0.02},
+            "restart": RESTART_SCRATCH,
+            "changes_theory": True,
+            "note": "erratic SCF of a metal or magnet on a coarse k-grid (<= 2 points per "
+            "axis) that already mixes gently (beta < 0.35): go to twice the k-point "
+            "density and 0.02 Ry smearing at once (Fe2 rattled at Gamma, beta 0.3: 60 "
+            "oscillating steps; a 25-step probe with beta 0.15 does not help; 2x2x2 "
+            "converges in 16-20)",
+        },
+        {
             "scale": {"electrons.mixing_beta": 0.5},
             "restart": RESTART_CHARGE_DENSITY,
+            "probe": DENSITY_PROBE,
             "note": "halve mixing_beta and start from the saved charge density (pw.x "
-            "writes it even after 'convergence NOT achieved'; usually saves most steps)",
+            "writes it even after 'convergence NOT achieved'); a short probe budget: "
+            "when the density helps it converges fast",
+        },
+        {
+            "when": [TREND_OSCILLATING, TREND_STAGNANT],
+            "only_if": {"system.occupations": ["smearing"]},
+            "when_kgrid_at_most": 2,
+            "denser_k": 2,
+            "set": {"system.degauss": 0.02},
+            "restart": RESTART_SCRATCH,
+            "changes_theory": True,
+            "note": "still erratic after gentler mixing, a metal or magnet on a coarse "
+            "k-grid (<= 2 points per axis): no mixing knob converges it; twice the k-point "
+            "density and 0.02 Ry smearing with the gentle beta do (Fe2 rattled at Gamma, "
+            "beta 0.3: 60 oscillating steps; 2x2x2 converges in 15). Not first: a magnet "
+            "that only needs gentler mixing (Fe2 at 2x2x2, beta 0.95 -> 0.475: 8 steps) "
+            "keeps its level of theory",
         },
         {
             "restart": RESTART_SCRATCH,
-            "note": "same settings from scratch: a saved density can keep metals whose "
-            "occupations flip every step stuck",
+            "note": "same settings from scratch with the full budget: a saved density can "
+            "keep metals whose occupations flip every step stuck",
         },
         {
             "set": {"electrons.mixing_mode": "local-TF", "electrons.mixing_ndim": 12},
@@ -150,11 +230,13 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "only_if": dict(_FIXED_OCCUPATIONS),
             "set": dict(_SMEARING),
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "'charge is wrong: smearing is needed': a metal run with fixed occupations",
         },
         {
             "scale": {"system.degauss": 2, "electrons.mixing_beta": 0.5},
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "escalate the smearing and mix more gently",
         },
         {
@@ -165,15 +247,16 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
     ],
     FailureClass.DIAGONALIZATION: [
         {
-            "set": {"electrons.diagonalization": "cg"},
+            "set": {"electrons.diagonalization": "paro"},
             "restart": RESTART_SCRATCH,
-            "note": "Davidson failed (S matrix / Cholesky): conjugate gradient rescues "
-            "genuine S-matrix failures",
+            "note": "the eigensolver failed (S matrix / Cholesky / zhegvd): ParO, measured "
+            "first: it rescues Fe2 at 0.8 A where cg segfaults and ppcg fails, and costs "
+            "the same as cg on Ni2 at 0.7 A",
         },
         {
-            "set": {"electrons.diagonalization": "ppcg"},
+            "set": {"electrons.diagonalization": "cg"},
             "restart": RESTART_SCRATCH,
-            "note": "second eigensolver: projected preconditioned CG",
+            "note": "conjugate gradient: the slowest and most robust eigensolver, last",
         },
     ],
     FailureClass.WALLTIME: [
@@ -193,6 +276,7 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "only_if": dict(_FIXED_OCCUPATIONS),
             "set": dict(_SMEARING),
             "restart": RESTART_SCRATCH,
+            "changes_theory": True,
             "note": "'fixed occupations and lsda need tot_magnetization': use smearing",
         },
     ],
@@ -219,6 +303,19 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "note": "still singular: Thomas-Fermi screened mixing",
         },
     ],
+    FailureClass.TOO_FEW_BANDS: [
+        {
+            "scale_printed": {"system.nbnd": dict(_MORE_BANDS)},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "the highest band is occupied: nbnd + max(5 %, 4) from the number of "
+            "Kohn-Sham states pw.x printed, continuing from the converged density",
+        },
+        {
+            "scale_printed": {"system.nbnd": dict(_MORE_BANDS)},
+            "restart": RESTART_CHARGE_DENSITY,
+            "note": "still occupied: raise nbnd once more",
+        },
+    ],
     FailureClass.INCOMPLETE_OUTPUT: [
         {
             "restart": RESTART_SCRATCH,
@@ -239,7 +336,23 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
 DEFAULT_MAX_ATTEMPTS: Final = 6
 
 STEP_KEYS: Final = frozenset(
-    {"set", "scale", "kspacing", "restart", "when", "match", "only_if", "repeat", "note"}
+    {
+        "set",
+        "scale",
+        "scale_printed",
+        "kspacing",
+        "restart",
+        "when",
+        "match",
+        "only_if",
+        "repeat",
+        "probe",
+        "when_kgrid_at_most",
+        "when_below",
+        "denser_k",
+        "changes_theory",
+        "note",
+    }
 )
 
 
@@ -333,9 +446,25 @@ def _scaled(value: Any, factor: float) -> Any:
     return float(f"{float(value) * float(factor):.12g}")
 
 
-def apply_step(params: Mapping[str, Any], step: Mapping[str, Any]) -> dict[str, Any]:
-    """A new parameter dict with ``step`` applied to a copy of ``params``."""
+def apply_step(
+    params: Mapping[str, Any],
+    step: Mapping[str, Any],
+    printed: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A new parameter dict with ``step`` applied to a copy of ``params``.
+
+    ``printed`` holds the values pw.x printed in the failed attempt (``scale_printed``
+    reads them); a step that needs a value pw.x did not print raises ValueError.
+    """
     out = dict(params)
+    for key, rule in (step.get("scale_printed") or {}).items():
+        name = PRINTED_KEYS.get(key)
+        value = None if name is None else (printed or {}).get(name)
+        if value is None:
+            raise ValueError(f"cannot scale {key!r}: pw.x did not print it")
+        factor = float(rule.get("factor", 1.0))
+        at_least = int(rule.get("at_least", 0))
+        out[key] = max(math.ceil(int(value) * factor), int(value) + at_least)
     for key, value in (step.get("set") or {}).items():
         out[key] = value
     for key, factor in (step.get("scale") or {}).items():
@@ -346,6 +475,15 @@ def apply_step(params: Mapping[str, Any], step: Mapping[str, Any]) -> dict[str, 
     if step.get("kspacing") is not None:
         out.pop(KPTS_KEY, None)
         out[KSPACING_KEY] = float(step["kspacing"])
+    denser = step.get("denser_k")
+    if denser is not None:
+        # k-point density x denser: a smaller spacing, or more points of an explicit grid
+        if out.get(KPTS_KEY) is not None:
+            out[KPTS_KEY] = [int(math.ceil(int(k) * float(denser))) for k in out[KPTS_KEY]]
+        elif out.get(KSPACING_KEY) is not None:
+            out[KSPACING_KEY] = float(f"{float(out[KSPACING_KEY]) / float(denser):.12g}")
+        else:
+            raise ValueError("denser_k: no k-points to refine")
     return out
 
 
@@ -375,8 +513,54 @@ def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
                 for t in [when] if isinstance(when, str) else when:
                     if t not in TRENDS:
                         problems.append(f"{where}: when={t!r} is not one of {list(TRENDS)}")
-            if "repeat" in step and not isinstance(step["repeat"], bool):
-                problems.append(f"{where}: repeat must be true or false")
+            for key, rule in (step.get("scale_printed") or {}).items():
+                if key not in PRINTED_KEYS:
+                    problems.append(
+                        f"{where}: scale_printed: pw.x prints no value for {key}; "
+                        f"one of {sorted(PRINTED_KEYS)}"
+                    )
+                ok = isinstance(rule, Mapping) and set(rule) <= {"factor", "at_least"}
+                factor = rule.get("factor", 1.0) if isinstance(rule, Mapping) else None
+                at_least = rule.get("at_least", 0) if isinstance(rule, Mapping) else None
+                if not (
+                    ok
+                    and isinstance(factor, int | float)
+                    and not isinstance(factor, bool)
+                    and factor >= 1
+                    and isinstance(at_least, int)
+                    and not isinstance(at_least, bool)
+                    and at_least >= 0
+                    and (factor > 1 or at_least > 0)
+                ):
+                    problems.append(
+                        f"{where}: scale_printed.{key} must be {{factor: >= 1, at_least: "
+                        "integer >= 0}} and grow the value"
+                    )
+            for flag in ("repeat", "changes_theory"):
+                if flag in step and not isinstance(step[flag], bool):
+                    problems.append(f"{where}: {flag} must be true or false")
+            below = step.get("when_below")
+            if below is not None and (
+                not isinstance(below, Mapping)
+                or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in below.values()
+                )
+            ):
+                problems.append(f"{where}: when_below must map dotted keys to numbers")
+            for key in step.get("when_below") or {}:
+                if key not in WHEN_BELOW_KEYS:
+                    problems.append(f"{where}: when_below: {key} is not one of {WHEN_BELOW_KEYS}")
+            dk = step.get("denser_k")
+            if dk is not None and (
+                not isinstance(dk, int | float) or isinstance(dk, bool) or dk <= 1
+            ):
+                problems.append(f"{where}: denser_k must be a number > 1")
+            for count in ("probe", "when_kgrid_at_most"):
+                value = step.get(count)
+                if value is not None and (
+                    not isinstance(value, int) or isinstance(value, bool) or value < 1
+                ):
+                    problems.append(f"{where}: {count} must be a positive integer")
             if step.get("only_if") is not None and not isinstance(step["only_if"], Mapping):
                 problems.append(f"{where}: only_if must map dotted keys to allowed values")
             if step.get("match") is not None:
@@ -479,28 +663,55 @@ def plan_next(
     used = {(h.step.get("ladder"), h.step.get("index")) for h in history if h.step is not None}
     tried = {_key(dict(h.params_diff)) for h in history}
     current = apply_diff(base, {k: v for k, v in last.params_diff.items() if k != STARTINGPOT_KEY})
+    if last.step is not None and "probe_restores" in last.step:
+        # a probe's short iteration budget is for that attempt only
+        restored = last.step["probe_restores"]
+        if restored is None:
+            current.pop(MAXSTEP_KEY, None)
+        else:
+            current[MAXSTEP_KEY] = restored
     trend = scf_trend(last.scf_history_ev)
+    kgrid = getattr(last, "kgrid", None)
     for index, step in enumerate(steps):
         if (last.failure_class, index) in used:
             continue
         if not _conditions_hold(step, trend, last.message, current):
             continue
+        below = step.get("when_below") or {}
+        if any(
+            not isinstance(current.get(k, PW_DEFAULTS.get(k)), int | float)
+            or current.get(k, PW_DEFAULTS.get(k)) >= limit
+            for k, limit in below.items()
+        ):
+            continue
+        coarse = step.get("when_kgrid_at_most")
+        if coarse is not None and (not kgrid or max(int(k) for k in kgrid) > int(coarse)):
+            continue
         try:
-            params = apply_step(current, step)
+            params = apply_step(current, step, getattr(last, "printed", None))
         except (TypeError, ValueError):
             # e.g. a scale of a key that is unset (no pw.x default) or not a number: the
             # step does not apply to this structure; planning must never raise
             continue
-        if (step.get("set") or step.get("scale") or step.get("kspacing")) and params == current:
+        changes = ("set", "scale", "scale_printed", "kspacing", "denser_k")
+        if any(step.get(k) for k in changes) and params == current:
             # the step exists to change something it finds already in place
             continue
         restart = step.get("restart", RESTART_SCRATCH)
         if restart == RESTART_CHARGE_DENSITY and not density_available:
             restart = RESTART_SCRATCH
+        record = {"ladder": last.failure_class, "index": index, "trend": trend, **step}
+        probe = step.get("probe")
+        if probe is not None and restart == RESTART_CHARGE_DENSITY:
+            # a short budget from the density: when the restart helps it converges fast;
+            # when it does not, the next step runs the same settings from scratch
+            full = params.get(MAXSTEP_KEY)
+            record["probe_restores"] = full
+            budget = full if full is not None else PW_DEFAULTS[MAXSTEP_KEY]
+            params = {**params, MAXSTEP_KEY: min(int(probe), int(budget))}
         diff = _restart_diff(params_diff(base, params), restart)
         if _key(diff) in tried and not step.get("repeat"):
             continue
-        record = {"ladder": last.failure_class, "index": index, "trend": trend, **step}
         return Plan(len(history) + 1, record, params, diff, restart)
     return None
 
@@ -522,9 +733,21 @@ def default_ladder_markdown(
         for i, step in enumerate(ladders.get(cls) or []):
             changes = [f"`{k} = {fmt(v)}`" for k, v in (step.get("set") or {}).items()]
             changes += [f"`{k} x {fmt(v)}`" for k, v in (step.get("scale") or {}).items()]
+            for k, v in (step.get("scale_printed") or {}).items():
+                changes.append(
+                    f"`{k}` = max(printed x {v.get('factor', 1)}, printed + {v.get('at_least', 0)})"
+                )
             if step.get("kspacing") is not None:
                 changes.append(f"`kspacing = {step['kspacing']}`")
+            if step.get("denser_k") is not None:
+                changes.append(f"k-point density x {step['denser_k']}")
+            if step.get("probe") is not None:
+                changes.append(f"at most {step['probe']} SCF steps (probe)")
+            if step.get("changes_theory"):
+                changes.append("**changes the level of theory**")
             cond = []
+            if step.get("when_kgrid_at_most") is not None:
+                cond.append(f"k-grid <= {step['when_kgrid_at_most']} per axis")
             if step.get("when"):
                 w = step["when"]
                 cond.append("SCF " + (" or ".join(w) if not isinstance(w, str) else w))
