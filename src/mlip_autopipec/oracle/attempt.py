@@ -28,6 +28,7 @@ from mlip_autopipec.oracle.diagnose import (
     parse_version,
 )
 from mlip_autopipec.oracle.ladder import RESTART_CHARGE_DENSITY, RESTART_SCRATCH
+from mlip_autopipec.oracle.magnetism import parse_magnetization
 from mlip_autopipec.process import run_process
 
 #: pw.x's prefix and outdir inside an attempt directory (the oracle manages both so that
@@ -60,6 +61,9 @@ class AttemptRequest:
     step: dict[str, Any] | None = None
     params_diff: dict[str, Any] = field(default_factory=dict)
     number: int = 1
+    #: the level of theory of this attempt (oracle/theory.py), copied into the result
+    theory: dict[str, Any] | None = None
+    theory_key: str | None = None
 
 
 def _json_safe(value: Any) -> Any:
@@ -104,6 +108,10 @@ class AttemptResult:
     returncode: int | None = None
     restart: str = RESTART_SCRATCH
     structure_id: str = ""
+    magmoms: tuple[float, ...] | None = None  # final moment per site (μB), spin-polarised runs
+    total_magmom: float | None = None  # final total magnetization (μB per cell)
+    theory: dict[str, Any] | None = None  # oracle/theory.py: what the label was computed with
+    theory_key: str | None = None  # hash + summary of ``theory`` without the k-points
 
     @property
     def ok(self) -> bool:
@@ -138,6 +146,10 @@ class AttemptResult:
             kw["kgrid"] = tuple(int(k) for k in kw["kgrid"])
         kw["scf_history_ev"] = tuple(float(x) for x in kw.get("scf_history_ev") or ())
         kw["params_diff"] = dict(kw.get("params_diff") or {})
+        if kw.get("magmoms") is not None:
+            kw["magmoms"] = tuple(float(m) for m in kw["magmoms"])
+        if kw.get("total_magmom") is not None:
+            kw["total_magmom"] = float(kw["total_magmom"])
         return cls(**kw)
 
 
@@ -186,6 +198,8 @@ def _result(req: AttemptRequest, diag: Diagnosis, restart: str, **kw: Any) -> At
         params_diff=dict(req.params_diff),
         restart=restart,
         structure_id=req.structure_id,
+        theory=req.theory,
+        theory_key=req.theory_key,
         **kw,
     )
 
@@ -292,6 +306,7 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
         props = template.read_results(directory)
         forces = props.get("forces")
         stress = props.get("stress")
+        total_magmom, magmoms = parse_magnetization(pwo_text)
         return _result(
             req,
             diag,
@@ -300,6 +315,8 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
             free_energy=float(props.get("free_energy", props["energy"])),
             forces=None if forces is None else np.asarray(forces, dtype=float),
             stress=None if stress is None else np.asarray(stress, dtype=float),
+            magmoms=magmoms,
+            total_magmom=total_magmom,
             **common,
         )
     except Exception as exc:  # noqa: BLE001 - ASE's parser raises many types on bad output
