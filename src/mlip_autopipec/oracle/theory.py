@@ -16,6 +16,7 @@ one level of theory and list the structures it left out.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -307,3 +308,86 @@ def dominant_theory(labels: Iterable[Any]) -> tuple[str | None, list[Any], list[
     kept = [i for k, i in items if k == best]
     left = [i for k, i in items if k != best]
     return best, kept, left
+
+
+#: What the trainer does with labels of another theory than the one it fits
+#: (recipe ``oracle.theory_mismatch``).
+MISMATCH_EXCLUDE: Final = "exclude"
+MISMATCH_RELABEL: Final = "relabel"
+
+
+def theory_settings(params_diff: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of an attempt's ``params_diff`` that changes the level of theory.
+
+    E.g. a smearing rescue's ``{"system.occupations": "smearing", "system.smearing": "mv",
+    "system.degauss": 0.02, "electrons.mixing_beta": 0.35}`` -> the three &SYSTEM keys.
+    A removed key maps to None, as in ``params_diff``.
+    """
+    out: dict[str, Any] = {}
+    for key, value in params_diff.items():
+        if "." not in key:
+            continue
+        section, name = key.lower().split(".", 1)
+        base = name.split("(", 1)[0]
+        if (section == "system" and base not in SYSTEM_NOT_THEORY) or (
+            section == "control" and base in CONTROL_THEORY
+        ):
+            out[key] = value
+    return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class RelabelPlan:
+    """``relabel``: give every label the theory of the rescues (see :func:`relabel_plan`)."""
+
+    target_key: str
+    settings: dict[str, Any]  # dotted pw.x keys to set (None: remove) on the recipe's
+    relabel_ids: list[Any]  # labels whose theory differs from target_key
+
+
+def relabel_plan(labels: Iterable[Any]) -> RelabelPlan | None:
+    """Which labels to recompute so that the whole set shares the rescues' theory.
+
+    ``labels`` are final attempt results (``theory_key``, ``params_diff``,
+    ``structure_id``). The target is the most common theory among labels whose ladder
+    changed the theory (their ``params_diff`` has theory settings); every label of another
+    theory is to be relabelled with the recipe's settings plus :attr:`RelabelPlan.settings`
+    (:func:`with_theory_settings`). None when the set already has one theory or no rescue
+    changed it.
+    """
+    items = list(labels)
+    if len({_key_of(x) for x in items}) <= 1:
+        return None
+    rescued = [x for x in items if theory_settings(_diff_of(x))]
+    if not rescued:
+        return None
+    target, _, _ = dominant_theory(rescued)
+    if target is None:
+        return None
+    example = next(x for x in rescued if _key_of(x) == target)
+    others = [_id_of(x, i) for i, x in enumerate(items) if _key_of(x) != target]
+    return RelabelPlan(target, theory_settings(_diff_of(example)), others)
+
+
+def _diff_of(label: Any) -> Mapping[str, Any]:
+    if isinstance(label, Mapping):
+        return label.get("params_diff") or {}
+    return getattr(label, "params_diff", None) or {}
+
+
+def with_theory_settings(
+    oracle_cfg: Mapping[str, Any], settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A copy of the recipe's ``oracle`` section with ``settings`` (dotted keys) applied
+    to its ``input_data``: the oracle that relabels with the rescue's theory."""
+    cfg = copy.deepcopy(dict(oracle_cfg))
+    input_data = cfg.setdefault("input_data", {})
+    for key, value in settings.items():
+        section, name = key.split(".", 1)
+        sec = input_data.setdefault(section.lower(), {})
+        if value is None:
+            sec.pop(name, None)
+        else:
+            sec[name] = value
+    out: dict[str, Any] = cfg
+    return out
