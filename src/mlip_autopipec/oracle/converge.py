@@ -1,0 +1,413 @@
+"""Converged DFT settings: the k-point density (and ecutwfc if asked) before labelling.
+
+``oracle.converge`` (recipe)::
+
+    oracle:
+      converge:
+        energy_mev_per_atom: 1      # tolerance on the energy per atom
+        forces_mev_per_ang: 10      # tolerance on every force component
+        kspacing: [0.3, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06]   # candidates, 1/Å
+        ecutwfc: [25, 30, 35, 40]   # optional: converge the cutoff first (Ry)
+        structures: 2               # representative structures
+
+*Converged* means: going from the chosen candidate to the next denser one (larger
+cutoff) changes the energy per atom by less than ``energy_mev_per_atom`` and no force
+component by more than ``forces_mev_per_ang``, on every representative structure; the
+chosen value is the coarsest candidate for which that holds, scanning from coarse to
+fine. The cutoff is converged first at the recipe's k-points, then the k-points at the
+chosen cutoff.
+Candidates that give every representative the same grids as the previous one are skipped
+(they would repeat a calculation). Representatives are the first structure of the
+smallest cell and the last structure of the largest (a strained or rattled one, so that
+forces are tested too).
+
+The record (chosen values, every calculation, tolerances) is written to
+``RUN_DIR/converge.json`` and reused by a rerun with the same inputs. Every structure is
+then labelled with the chosen ``kspacing``: each cell gets the grid
+``int(|b_i| / kspacing) + 1`` (ASE), i.e. the same density up to rounding up, and every
+one of them at least as dense as the converged one.
+
+:func:`kgrid_report` lists the grid and density of each distinct cell (for ``validate``
+and ``--dry-run``); :func:`kgrid_warnings` says which cells are coarse.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+from ase import Atoms
+
+from mlip_autopipec.errors import OracleError
+from mlip_autopipec.oracle.espresso import EspressoOracle, kspacing_grid, label_serially
+
+CONVERGE_FILE: Final = "converge.json"
+CONVERGE_DIR: Final = "converge"
+#: k-points per reciprocal atom (n_k1 n_k2 n_k3 x atoms) below which validate warns when
+#: the recipe does not converge its k-points: Si at 2x2x2 per 2 atoms (16) is 0.5
+#: eV/atom off, 10x10x10 (2000) within 2 meV/atom (measured, PBE, Γ-centred grids).
+COARSE_KPPRA: Final = 1000
+
+
+class KGridRow(NamedTuple):
+    """One distinct cell: what it is, its grid, k-points per reciprocal atom, spacing."""
+
+    cell: str
+    grid: tuple[int, int, int]
+    density: int  # k-points per reciprocal atom: n1 n2 n3 x atoms (equal = same density)
+    spacing: float  # achieved spacing max_i |b_i| / n_i, 1/Å (smaller is denser)
+
+
+def _atoms_and_label(item: Any, index: int) -> tuple[Atoms, str]:
+    if isinstance(item, Atoms):
+        return item, f"structure {index}"
+    return item.atoms, str(getattr(item, "source", f"structure {index}"))
+
+
+def _describe(atoms: Atoms) -> str:
+    lengths = "x".join(f"{x:.3f}" for x in atoms.cell.lengths())
+    angles = "/".join(f"{x:.1f}" for x in atoms.cell.angles())
+    return f"{atoms.get_chemical_formula()} ({len(atoms)} atoms, {lengths} Å, {angles}°)"
+
+
+def achieved_spacing(atoms: Atoms, grid: Sequence[int]) -> float:
+    """``max_i |b_i| / n_i`` over periodic directions (1/Å, ASE convention, no 2π)."""
+    recip = np.linalg.norm(atoms.cell.reciprocal(), axis=1)
+    vals = [recip[i] / grid[i] for i in range(3) if atoms.pbc[i]]
+    return float(max(vals)) if vals else 0.0
+
+
+def kgrid_report(structures: Iterable[Any], kspacing: float) -> list[KGridRow]:
+    """The grid ``kspacing`` gives each distinct cell (same shape to 1e-3 Å, same grid).
+
+    ``structures`` are Atoms or SourcedAtoms; strained copies of one cell that get the
+    same grid are one row, named after the first of them.
+    """
+    rows: list[KGridRow] = []
+    seen: set[tuple[Any, ...]] = set()
+    for i, item in enumerate(structures):
+        atoms, label = _atoms_and_label(item, i)
+        grid = kspacing_grid(atoms, kspacing)
+        key = (atoms.get_chemical_formula(), len(atoms), grid)
+        if key in seen:
+            continue
+        seen.add(key)
+        desc = f"{label}: {_describe(atoms)}"
+        kppra = int(grid[0] * grid[1] * grid[2] * len(atoms))
+        rows.append(KGridRow(desc, grid, kppra, round(achieved_spacing(atoms, grid), 6)))
+    return rows
+
+
+def kgrid_warnings(
+    structures: Iterable[Any], kspacing: float, min_density: int = COARSE_KPPRA
+) -> list[str]:
+    """One warning per distinct cell whose grid is coarse (below ``min_density`` k-points
+    per reciprocal atom), and one when cells of one recipe get unequal densities."""
+    rows = kgrid_report(structures, kspacing)
+    out = [
+        f"{r.cell}: kspacing {kspacing} gives a {'x'.join(map(str, r.grid))} grid, "
+        f"{r.density} k-points per reciprocal atom (coarse below {min_density}: energies "
+        "may be far from converged); converge it with oracle.converge or give a smaller "
+        "kspacing"
+        for r in rows
+        if r.density < min_density
+    ]
+    densities = sorted({r.density for r in rows})
+    if len(densities) > 1 and densities[-1] > 1.5 * densities[0]:
+        out.append(
+            f"kspacing {kspacing} gives these cells k-point densities from {densities[0]} to "
+            f"{densities[-1]} per reciprocal atom: unless converged, the same crystal in two "
+            "cells gets different energies per atom"
+        )
+    return out
+
+
+# --- convergence -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calculation:
+    """One convergence calculation."""
+
+    setting: str  # "kspacing" or "ecutwfc"
+    value: float
+    structure: int  # index among the representatives
+    grid: tuple[int, int, int] | None
+    energy_per_atom: float | None  # eV
+    forces: list[list[float]] | None  # eV/Å
+    ok: bool
+    message: str
+
+
+def representatives(structures: Sequence[Any], count: int) -> list[int]:
+    """Indices of the structures convergence is tested on (see the module docstring)."""
+    if not structures or count <= 0:
+        return []
+    sizes = [len(_atoms_and_label(s, i)[0]) for i, s in enumerate(structures)]
+    smallest = sizes.index(min(sizes))
+    largest = len(sizes) - 1 - sizes[::-1].index(max(sizes))
+    picks = [smallest, largest]
+    # further ones: spread over the list
+    for i in np.linspace(0, len(sizes) - 1, num=max(count, 2)).astype(int).tolist():
+        picks.append(int(i))
+    out: list[int] = []
+    for i in picks:
+        if i not in out:
+            out.append(i)
+    return out[:count]
+
+
+def _fingerprint(
+    oracle_cfg: Mapping[str, Any],
+    pseudopotentials: Mapping[str, Path],
+    atoms_list: Sequence[Atoms],
+    settings: Mapping[str, Any],
+) -> str:
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in oracle_cfg.items() if k not in ("converge", "timeout", "command")}
+    h.update(json.dumps([cfg, dict(settings)], sort_keys=True, default=str).encode())
+    for el in sorted(pseudopotentials):
+        h.update(el.encode() + Path(pseudopotentials[el]).read_bytes())
+    for a in atoms_list:
+        h.update(np.round(a.positions, 6).tobytes() + np.round(a.cell.array, 6).tobytes())
+        h.update(" ".join(a.get_chemical_symbols()).encode())
+        h.update(np.round(a.get_initial_magnetic_moments(), 6).tobytes())
+    return h.hexdigest()
+
+
+def _with(oracle_cfg: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    cfg = copy.deepcopy(dict(oracle_cfg))
+    cfg.pop("converge", None)
+    # forces are part of the convergence test (a recipe always computes them anyway)
+    cfg.setdefault("input_data", {}).setdefault("control", {})["tprnfor"] = True
+    if "kspacing" in changes:
+        cfg.pop("kpts", None)
+        cfg["kspacing"] = float(changes["kspacing"])
+    if "ecutwfc" in changes:
+        system = cfg.setdefault("input_data", {}).setdefault("system", {})
+        old = system.get("ecutwfc")
+        new = float(changes["ecutwfc"])
+        if system.get("ecutrho") is not None and old:
+            # keep the recipe's density-to-wavefunction cutoff ratio
+            system["ecutrho"] = float(system["ecutrho"]) * new / float(old)
+        system["ecutwfc"] = new
+    return cfg
+
+
+def _calc(
+    cfg: Mapping[str, Any],
+    pseudopotentials: Mapping[str, Path],
+    setting: str,
+    value: float,
+    index: int,
+    atoms: Atoms,
+    workdir: Path,
+) -> Calculation:
+    oracle = EspressoOracle(cfg, pseudopotentials)
+    history = label_serially(oracle, f"converge-{index}", atoms, workdir)
+    last = history[-1]
+    grid = last.kgrid
+    if not last.ok or last.energy is None:
+        return Calculation(setting, value, index, grid, None, None, False, last.message)
+    forces = None if last.forces is None else np.asarray(last.forces).tolist()
+    return Calculation(
+        setting, value, index, grid, float(last.energy) / len(atoms), forces, True, last.message
+    )
+
+
+def _differences(a: Calculation, b: Calculation) -> tuple[float, float]:
+    """(|ΔE| meV/atom, max |ΔF| meV/Å) between two calculations of one structure."""
+    assert a.energy_per_atom is not None and b.energy_per_atom is not None
+    de = abs(a.energy_per_atom - b.energy_per_atom) * 1000
+    df = 0.0
+    if a.forces is not None and b.forces is not None:
+        df = float(np.max(np.abs(np.asarray(a.forces) - np.asarray(b.forces)))) * 1000
+    return de, df
+
+
+def _scan(
+    setting: str,
+    candidates: Sequence[float],
+    cfg_for: Any,
+    atoms_list: Sequence[Atoms],
+    pseudopotentials: Mapping[str, Path],
+    workdir: Path,
+    tol_e: float,
+    tol_f: float,
+    calcs: list[Calculation],
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """Walk the candidates (coarse to fine); the first value the next one does not change
+    beyond the tolerances, and one row per compared pair."""
+    previous: list[Calculation] | None = None
+    previous_grids: list[tuple[int, int, int]] | None = None
+    pairs: list[dict[str, Any]] = []
+    for value in candidates:
+        cfg = cfg_for(value)
+        if setting == "kspacing":
+            grids = [kspacing_grid(a, float(value)) for a in atoms_list]
+            if grids == previous_grids:
+                continue  # the same calculations again
+            previous_grids = grids
+        current = []
+        for i, atoms in enumerate(atoms_list):
+            c = _calc(
+                cfg,
+                pseudopotentials,
+                setting,
+                float(value),
+                i,
+                atoms,
+                workdir / f"{setting}-{value:g}" / f"structure-{i}",
+            )
+            calcs.append(c)
+            if not c.ok:
+                raise OracleError(
+                    f"oracle.converge: {setting} {value:g} on representative structure {i} "
+                    f"failed: {c.message}"
+                )
+            current.append(c)
+        if previous is not None:
+            worst_e = worst_f = 0.0
+            for a, b in zip(previous, current, strict=True):
+                de, df = _differences(a, b)
+                worst_e, worst_f = max(worst_e, de), max(worst_f, df)
+            ok = worst_e < tol_e and worst_f < tol_f
+            pairs.append(
+                {
+                    "from": previous[0].value,
+                    "to": float(value),
+                    "delta_energy_mev_per_atom": round(worst_e, 4),
+                    "delta_forces_mev_per_ang": round(worst_f, 4),
+                    "converged": ok,
+                }
+            )
+            if ok:
+                # converged: refining further changes nothing beyond the tolerances
+                return previous[0].value, pairs
+        previous = current
+    return None, pairs
+
+
+def converge_settings(
+    oracle_cfg: Mapping[str, Any],
+    pseudopotentials: Mapping[str, Path],
+    structures: Sequence[Any],
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Converge ``kspacing`` (and ``ecutwfc`` if candidates are given) with real pw.x runs.
+
+    ``oracle_cfg`` is the recipe's ``oracle`` section with ``converge`` filled in;
+    ``structures`` the recipe's structures (Atoms or SourcedAtoms). Writes and returns
+    the record (``RUN_DIR/converge.json``); a record made from the same inputs is reused.
+    Raises :class:`OracleError` when a calculation fails or no candidate converges.
+    """
+    settings = dict(oracle_cfg.get("converge") or {})
+    tol_e = float(settings["energy_mev_per_atom"])
+    tol_f = float(settings["forces_mev_per_ang"])
+    picks = representatives(structures, int(settings.get("structures", 2)))
+    atoms_list = [_atoms_and_label(structures[i], i)[0] for i in picks]
+    labels = [_atoms_and_label(structures[i], i)[1] for i in picks]
+    fingerprint = _fingerprint(oracle_cfg, pseudopotentials, atoms_list, settings)
+    path = Path(run_dir) / CONVERGE_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("fingerprint") == fingerprint:
+            return old
+    workdir = Path(run_dir) / CONVERGE_DIR
+    calcs: list[Calculation] = []
+    record: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "tolerance": {"energy_mev_per_atom": tol_e, "forces_mev_per_ang": tol_f},
+        "representatives": labels,
+        "meaning": "coarsest candidate that the next denser one changes by less than the "
+        "tolerances on every representative structure",
+    }
+    base = dict(oracle_cfg)
+    ecut_candidates = sorted(float(e) for e in settings.get("ecutwfc") or [])
+    if ecut_candidates:
+        ecut, pairs = _scan(
+            "ecutwfc",
+            ecut_candidates,
+            lambda v: _with(base, ecutwfc=v),
+            atoms_list,
+            pseudopotentials,
+            workdir,
+            tol_e,
+            tol_f,
+            calcs,
+        )
+        record["ecutwfc_steps"] = pairs
+        if ecut is None:
+            raise OracleError(
+                f"oracle.converge: ecutwfc did not converge within {ecut_candidates} Ry "
+                f"(tolerances {tol_e} meV/atom, {tol_f} meV/Å); add larger cutoffs"
+            )
+        record["ecutwfc"] = ecut
+        base = _with(base, ecutwfc=ecut)
+    k_candidates = sorted((float(k) for k in settings["kspacing"]), reverse=True)
+    kspacing, pairs = _scan(
+        "kspacing",
+        k_candidates,
+        lambda v: _with(base, kspacing=v),
+        atoms_list,
+        pseudopotentials,
+        workdir,
+        tol_e,
+        tol_f,
+        calcs,
+    )
+    record["kspacing_steps"] = pairs
+    if kspacing is None:
+        raise OracleError(
+            f"oracle.converge: the k-point density did not converge within kspacing "
+            f"{k_candidates} 1/Å (tolerances {tol_e} meV/atom, {tol_f} meV/Å); add smaller "
+            "kspacing values"
+        )
+    record["kspacing"] = kspacing
+    record["grids"] = {
+        lab: list(kspacing_grid(a, kspacing)) for lab, a in zip(labels, atoms_list, strict=True)
+    }
+    record["calculations"] = [asdict(c) for c in calcs]
+    text = json.dumps(record, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    out: dict[str, Any] = json.loads(text)  # exactly what a rerun reads back
+    return out
+
+
+def apply_converged(oracle_cfg: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``oracle`` section every structure is labelled with: the chosen ``kspacing``
+    (a fixed ``kpts`` is dropped) and, when converged, ``ecutwfc`` (``ecutrho`` keeps
+    its ratio)."""
+    changes: dict[str, Any] = {"kspacing": record["kspacing"]}
+    if record.get("ecutwfc") is not None:
+        changes["ecutwfc"] = record["ecutwfc"]
+    return _with(oracle_cfg, **changes)
+
+
+def converged_oracle_cfg(
+    oracle_cfg: Mapping[str, Any],
+    pseudopotentials: Mapping[str, Path],
+    structures: Sequence[Any],
+    run_dir: Path,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(oracle section to label with, convergence record or None) for the pipeline.
+
+    Without ``oracle.converge`` the section is returned unchanged (as a copy).
+    """
+    if not oracle_cfg.get("converge"):
+        return copy.deepcopy(dict(oracle_cfg)), None
+    record = converge_settings(oracle_cfg, pseudopotentials, structures, run_dir)
+    return apply_converged(oracle_cfg, record), record
