@@ -130,8 +130,19 @@ def label(
     from mlip_autopipec.lifecycle.progress import Progress
     from mlip_autopipec.lifecycle.runner import label_all
     from mlip_autopipec.oracle import EspressoOracle, run_attempt
+    from mlip_autopipec.oracle.converge import CONVERGE_FILE, converged_oracle_cfg
 
-    oracle = EspressoOracle(recipe.oracle, pseudos)
+    # oracle.converge: converge k-points (and ecutwfc) first, label everything with them
+    oracle_cfg, converged = converged_oracle_cfg(
+        recipe.oracle, pseudos, build_structures(recipe), run_dir
+    )
+    if converged is not None:
+        ecut = f", ecutwfc {converged['ecutwfc']} Ry" if converged.get("ecutwfc") else ""
+        _say(
+            f"autopipec: converged settings: kspacing {converged['kspacing']} 1/Å{ecut} "
+            f"({run_dir / CONVERGE_FILE})"
+        )
+    oracle = EspressoOracle(oracle_cfg, pseudos)
     n_workers = (
         workers
         or recipe.execution.get("workers")
@@ -282,6 +293,15 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
     if quarantined:
         print(f"  quarantined by preflight (overlapping atoms): {quarantined}")
     print(f"  k-points per structure: {kp['min']}-{kp['max']} (total {kp['total']})")
+    if recipe.oracle.get("kspacing") is not None and recipe.oracle.get("kpts") is None:
+        from mlip_autopipec.oracle.converge import kgrid_report
+
+        if recipe.oracle.get("converge"):
+            print("  k-points: oracle.converge replaces kspacing before labelling")
+        print(f"  k-point grid of each distinct cell (kspacing {recipe.oracle['kspacing']}):")
+        for row in kgrid_report(structures, float(recipe.oracle["kspacing"])):
+            grid = "x".join(map(str, row.grid))
+            print(f"    {grid} ({row.density} k-points per reciprocal atom): {row.cell}")
     print(
         f"  pw.x calls: {calls['first_attempts']} first attempts, at most {calls['at_most']} "
         "with retries"

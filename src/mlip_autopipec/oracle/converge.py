@@ -10,14 +10,15 @@
         ecutwfc: [25, 30, 35, 40]   # optional: converge the cutoff first (Ry)
         structures: 2               # representative structures
 
-*Converged* means: going from the chosen candidate to the next denser one (larger
-cutoff) changes the energy per atom by less than ``energy_mev_per_atom`` and no force
-component by more than ``forces_mev_per_ang``, on every representative structure; the
-chosen value is the coarsest candidate for which that holds, scanning from coarse to
-fine. The cutoff is converged first at the recipe's k-points, then the k-points at the
-chosen cutoff.
-Candidates that give every representative the same grids as the previous one are skipped
-(they would repeat a calculation). Representatives are the first structure of the
+*Converged* means: for every representative structure, going from its grid (cutoff)
+at the chosen value to the next denser grid (larger cutoff) changes the energy per atom
+by less than ``energy_mev_per_atom`` and no force component by more than
+``forces_mev_per_ang``. Each structure is scanned from coarse to fine until that holds;
+the chosen value is the densest of the structures' converged values (a 2-atom cell and
+its 8-atom supercell need different spacings: the 8-atom grid changes less often). A
+candidate that gives a structure the same grid as the previous one is not recomputed
+for it. The cutoff is converged first at the recipe's k-points, then the k-points at
+the chosen cutoff. Representatives are the first structure of the
 smallest cell and the last structure of the largest (a strained or rattled one, so that
 forces are tested too).
 
@@ -38,7 +39,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -144,6 +145,7 @@ class Calculation:
     forces: list[list[float]] | None  # eV/Å
     ok: bool
     message: str
+    theory_key: str | None = None
 
 
 def representatives(structures: Sequence[Any], count: int) -> list[int]:
@@ -217,8 +219,9 @@ def _calc(
     if not last.ok or last.energy is None:
         return Calculation(setting, value, index, grid, None, None, False, last.message)
     forces = None if last.forces is None else np.asarray(last.forces).tolist()
+    energy = float(last.energy) / len(atoms)
     return Calculation(
-        setting, value, index, grid, float(last.energy) / len(atoms), forces, True, last.message
+        setting, value, index, grid, energy, forces, True, last.message, last.theory_key
     )
 
 
@@ -243,20 +246,27 @@ def _scan(
     tol_f: float,
     calcs: list[Calculation],
 ) -> tuple[float | None, list[dict[str, Any]]]:
-    """Walk the candidates (coarse to fine); the first value the next one does not change
-    beyond the tolerances, and one row per compared pair."""
-    previous: list[Calculation] | None = None
-    previous_grids: list[tuple[int, int, int]] | None = None
+    """Walk the candidates (coarse to fine) structure by structure.
+
+    Each structure is converged at the first candidate that the next one giving it a
+    different calculation (another grid, a larger cutoff) does not change beyond the
+    tolerances; candidates that give it the same grid again are not recomputed and not
+    compared (a cell whose grid did not change proves nothing). The answer is the value
+    every structure is converged at: the smallest spacing (largest cutoff) among them.
+    Returns it (None: some structure never converged) and one row per compared pair.
+    """
+    done: dict[int, float] = {}
+    last: dict[int, Calculation] = {}
     pairs: list[dict[str, Any]] = []
     for value in candidates:
         cfg = cfg_for(value)
-        if setting == "kspacing":
-            grids = [kspacing_grid(a, float(value)) for a in atoms_list]
-            if grids == previous_grids:
-                continue  # the same calculations again
-            previous_grids = grids
-        current = []
         for i, atoms in enumerate(atoms_list):
+            if i in done:
+                continue
+            grid = kspacing_grid(atoms, float(value)) if setting == "kspacing" else None
+            prev = last.get(i)
+            if grid is not None and prev is not None and prev.grid == grid:
+                continue  # the same calculation again
             c = _calc(
                 cfg,
                 pseudopotentials,
@@ -266,32 +276,44 @@ def _scan(
                 atoms,
                 workdir / f"{setting}-{value:g}" / f"structure-{i}",
             )
+            if grid is not None:
+                c = replace(c, grid=grid)
             calcs.append(c)
             if not c.ok:
                 raise OracleError(
                     f"oracle.converge: {setting} {value:g} on representative structure {i} "
                     f"failed: {c.message}"
                 )
-            current.append(c)
-        if previous is not None:
-            worst_e = worst_f = 0.0
-            for a, b in zip(previous, current, strict=True):
-                de, df = _differences(a, b)
-                worst_e, worst_f = max(worst_e, de), max(worst_f, df)
-            ok = worst_e < tol_e and worst_f < tol_f
+            last[i] = c
+            if prev is None:
+                continue
+            if setting == "kspacing" and prev.theory_key != c.theory_key:
+                # e.g. the retry ladder added smearing to one of them
+                raise OracleError(
+                    f"oracle.converge: kspacing {prev.value:g} and {c.value:g} were computed "
+                    f"with different theories on representative structure {i} "
+                    f"({prev.theory_key} / {c.theory_key}): fix the recipe's settings "
+                    "(e.g. smearing for a metal) so that every cell converges as given"
+                )
+            de, df = _differences(prev, c)
+            ok = de < tol_e and df < tol_f
             pairs.append(
                 {
-                    "from": previous[0].value,
+                    "structure": i,
+                    "from": prev.value,
                     "to": float(value),
-                    "delta_energy_mev_per_atom": round(worst_e, 4),
-                    "delta_forces_mev_per_ang": round(worst_f, 4),
+                    "grids": None if grid is None else [list(prev.grid or ()), list(grid)],
+                    "delta_energy_mev_per_atom": round(de, 4),
+                    "delta_forces_mev_per_ang": round(df, 4),
                     "converged": ok,
                 }
             )
             if ok:
                 # converged: refining further changes nothing beyond the tolerances
-                return previous[0].value, pairs
-        previous = current
+                done[i] = prev.value
+        if len(done) == len(atoms_list):
+            chosen = min(done.values()) if setting == "kspacing" else max(done.values())
+            return chosen, pairs
     return None, pairs
 
 
@@ -311,9 +333,16 @@ def converge_settings(
     settings = dict(oracle_cfg.get("converge") or {})
     tol_e = float(settings["energy_mev_per_atom"])
     tol_f = float(settings["forces_mev_per_ang"])
-    picks = representatives(structures, int(settings.get("structures", 2)))
-    atoms_list = [_atoms_and_label(structures[i], i)[0] for i in picks]
-    labels = [_atoms_and_label(structures[i], i)[1] for i in picks]
+    # only structures pw.x can run (no overlapping atoms, every pseudopotential present)
+    checker = EspressoOracle(_with(oracle_cfg), pseudopotentials)
+    usable = [
+        s for i, s in enumerate(structures) if checker.preflight(_atoms_and_label(s, i)[0]) is None
+    ]
+    if not usable:
+        raise OracleError("oracle.converge: no structure passes the preflight checks")
+    picks = representatives(usable, int(settings["structures"]))
+    atoms_list = [_atoms_and_label(usable[i], i)[0] for i in picks]
+    labels = [_atoms_and_label(usable[i], i)[1] for i in picks]
     fingerprint = _fingerprint(oracle_cfg, pseudopotentials, atoms_list, settings)
     path = Path(run_dir) / CONVERGE_FILE
     if path.is_file():
@@ -329,8 +358,8 @@ def converge_settings(
         "fingerprint": fingerprint,
         "tolerance": {"energy_mev_per_atom": tol_e, "forces_mev_per_ang": tol_f},
         "representatives": labels,
-        "meaning": "coarsest candidate that the next denser one changes by less than the "
-        "tolerances on every representative structure",
+        "meaning": "for every representative, the next denser grid (larger cutoff) than "
+        "the chosen value's changes the energy and forces by less than the tolerances",
     }
     base = dict(oracle_cfg)
     ecut_candidates = sorted(float(e) for e in settings.get("ecutwfc") or [])
