@@ -183,3 +183,44 @@ def test_scan_picks_the_coarsest_converged_spacing(tmp_path: Path) -> None:
         i = step["structure"]
         delta = abs(by[(step["from"], i)] - by[(step["to"], i)]) * 1000
         assert delta == pytest.approx(step["delta_energy_mev_per_atom"], abs=1e-3)
+
+
+CUTOFF = """\
+name: si-cutoff
+structures:
+  - bulk: {element: Si, crystal: diamond, a: 5.43}
+    rattle: {stdev: 0.05, count: 1, seed: 2}
+oracle:
+  pseudopotentials: {Si: Si.pz-vbc.UPF}
+  kspacing: 0.3
+  koffset: [1, 1, 1]
+  converge:
+    energy_mev_per_atom: 25
+    forces_mev_per_ang: 50
+    ecutwfc: [12, 16, 20, 24, 30]
+    kspacing: [0.3, 0.15, 0.1]
+  input_data: {system: {ecutwfc: 12, ecutrho: 48}, electrons: {conv_thr: 1.0e-8}}
+"""
+
+
+@pytest.mark.pwx
+@needs_pwx
+def test_cutoff_is_converged_first_and_keeps_the_density_ratio(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, CUTOFF)
+    structures = build_structures(recipe)
+    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
+    cfg, record = converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    assert record is not None
+    steps = record["ecutwfc_steps"]
+    for i in (0, 1):
+        mine = [s for s in steps if s["structure"] == i]
+        assert mine[-1]["converged"] and not any(s["converged"] for s in mine[:-1])
+    ecut = record["ecutwfc"]
+    # measured (NC Si, ideal-ish cell): 16 -> 20 Ry 59 meV/atom, 20 -> 24 Ry 22 meV/atom
+    assert ecut == max(s["from"] for s in steps if s["converged"]) == 20
+    assert cfg["input_data"]["system"]["ecutwfc"] == ecut
+    assert cfg["input_data"]["system"]["ecutrho"] == pytest.approx(4 * ecut)
+    # the k-point scan ran at the converged cutoff
+    kcalcs = [c for c in record["calculations"] if c["setting"] == "kspacing"]
+    assert kcalcs and all(c["theory_key"] == kcalcs[0]["theory_key"] for c in kcalcs)
+    assert f"ecut={ecut:g}/{4 * ecut:g}Ry" in kcalcs[0]["theory_key"]

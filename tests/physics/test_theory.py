@@ -101,6 +101,22 @@ def test_theory_settings_keep_only_physics() -> None:
     assert cfg["input_data"]["system"] == {"ecutwfc": 30}  # a copy
 
 
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["system.ecutwfc", "system.degauss", "system.nspin", "electrons.mixing_beta"]
+        ),
+        st.integers(1, 60),
+        min_size=1,
+    )
+)
+def test_key_ignores_int_float_and_order(params: dict[str, int]) -> None:
+    as_float = {k: float(v) for k, v in reversed(list(params.items()))}
+    assert _key(params) == _key(as_float)
+    key = _key(params)
+    assert len(key.split(" ", 1)[0]) == 12 and key == _key(dict(params))
+
+
 @given(st.lists(st.sampled_from(["a", "b", "c", None]), max_size=30))
 def test_dominant_theory_partitions(keys: list[str | None]) -> None:
     labels = [{"id": i, "theory_key": k} for i, k in enumerate(keys)]
