@@ -75,7 +75,8 @@ def _atoms_and_label(item: Any, index: int) -> tuple[Atoms, str]:
 def _describe(atoms: Atoms) -> str:
     lengths = "x".join(f"{x:.3f}" for x in atoms.cell.lengths())
     angles = "/".join(f"{x:.1f}" for x in atoms.cell.angles())
-    return f"{atoms.get_chemical_formula()} ({len(atoms)} atoms, {lengths} Å, {angles}°)"
+    n = f"{len(atoms)} atom" + ("" if len(atoms) == 1 else "s")
+    return f"{atoms.get_chemical_formula()} ({n}, {lengths} Å, {angles}°)"
 
 
 def achieved_spacing(atoms: Atoms, grid: Sequence[int]) -> float:
