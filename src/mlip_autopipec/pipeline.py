@@ -162,10 +162,26 @@ def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
     """
     from mlip_autopipec.trainer.fit import fit_potential, next_fit_dir
 
-    if not store.ids_in_state("labelled") and store.latest_potential() is not None:
+    pending = store.ids_in_state("labelled")
+    if not pending and store.latest_potential() is not None:
         _say("autopipec: the current potential already covers every labelled structure")
         return None
     atoms_list = store.labelled_atoms()
+    # one level of theory per training set (oracle.theory_mismatch: exclude)
+    from mlip_autopipec.oracle.theory import final_theory_key, one_theory
+
+    atoms_list, left_out, key = one_theory(
+        atoms_list, lambda sid: final_theory_key(store.attempts_of(int(sid)))
+    )
+    if left_out:
+        shown = ", ".join(map(str, left_out[:20])) + (" ..." if len(left_out) > 20 else "")
+        _say(
+            f"autopipec: note: fitting one level of theory ({key}); {len(left_out)} "
+            f"structure(s) labelled with another theory are left out: {shown}"
+        )
+        if set(pending) <= set(left_out) and store.latest_potential() is not None:
+            _say("autopipec: the current potential already covers every label of its theory")
+            return None
     if len(atoms_list) < 2:
         _say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
         return None

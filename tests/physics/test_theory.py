@@ -14,6 +14,8 @@ from physics_testlib import PSEUDO, needs_pwx
 from mlip_autopipec.oracle import EspressoOracle, label_serially
 from mlip_autopipec.oracle.theory import (
     dominant_theory,
+    final_theory_key,
+    one_theory,
     pseudo_info,
     relabel_plan,
     theory_key,
@@ -101,6 +103,16 @@ def test_theory_settings_keep_only_physics() -> None:
     assert cfg["input_data"]["system"] == {"ecutwfc": 30}  # a copy
 
 
+def test_final_theory_key_is_the_last_converged_attempts() -> None:
+    attempts = [
+        {"failure_class": "scf_not_converged", "theory_key": "a"},
+        {"failure_class": "converged", "theory_key": "b"},
+    ]
+    assert final_theory_key(attempts) == "b"
+    assert final_theory_key(attempts[:1]) is None
+    assert final_theory_key([{"failure_class": "converged"}]) is None  # stored before keys
+
+
 @given(
     st.dictionaries(
         st.sampled_from(
@@ -153,10 +165,12 @@ def test_one_rescue_with_smearing_leaves_one_theory(tmp_path: Path) -> None:
     pps = {"Si": PSEUDO / "Si.pz-vbc.UPF"}
     oracle = EspressoOracle(cfg, pps)
     labels = []
+    history_of = []
     for i, atoms in enumerate(cells):
         history = label_serially(oracle, f"s{i}", atoms, tmp_path / f"s{i}")
         assert history[-1].ok, history[-1].message
         labels.append(history[-1])
+        history_of.append(history)
     assert [r.number for r in labels] == [1, 2, 1, 1]
     rescue = labels[1]
     assert rescue.params_diff["system.occupations"] == "smearing"
@@ -179,3 +193,14 @@ def test_one_rescue_with_smearing_leaves_one_theory(tmp_path: Path) -> None:
     ]
     assert all(r.ok for r in redone)
     assert {r.theory_key for r in [*redone, rescue]} == {rescue.theory_key}
+
+    # the training set as the pipeline builds it: labelled Atoms + the stored attempts
+    stored = {f"s{i}": [a.to_dict() for a in (history_of[i])] for i in range(4)}
+    atoms = []
+    for i, c in enumerate(cells):
+        a = c.copy()
+        a.info["structure_id"] = f"s{i}"
+        atoms.append(a)
+    kept_atoms, left_out, key = one_theory(atoms, lambda sid: final_theory_key(stored[sid]))
+    assert key == fixed and left_out == ["s1"]
+    assert [a.info["structure_id"] for a in kept_atoms] == ["s0", "s2", "s3"]

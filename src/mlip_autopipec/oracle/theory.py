@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -391,3 +391,31 @@ def with_theory_settings(
             sec[name] = value
     out: dict[str, Any] = cfg
     return out
+
+
+def final_theory_key(attempts: Iterable[Mapping[str, Any]]) -> str | None:
+    """The theory key of a structure's label: that of its last converged attempt.
+
+    ``attempts`` are stored ``AttemptResult.to_dict()`` dicts (``Store.attempts_of``);
+    None when there is no converged attempt or it was stored before keys were recorded.
+    """
+    key = None
+    for a in attempts:
+        if a.get("failure_class") == "converged":
+            key = a.get("theory_key")
+    return key
+
+
+def one_theory(
+    atoms_list: Sequence[Any], key_of: Callable[[Any], str | None]
+) -> tuple[list[Any], list[Any], str | None]:
+    """(kept atoms, left-out structure ids, key): the training set of the dominant theory.
+
+    ``atoms_list`` are labelled Atoms with ``info["structure_id"]`` (``Store.labelled_atoms``);
+    ``key_of(structure_id)`` gives each one's theory key (e.g. ``final_theory_key`` of
+    ``Store.attempts_of``, or the store's ``labels.theory_key`` column).
+    """
+    ids = [a.info.get("structure_id", i) for i, a in enumerate(atoms_list)]
+    key, kept, left = dominant_theory([{"id": i, "theory_key": key_of(i)} for i in ids])
+    keep = set(kept)
+    return [a for a, i in zip(atoms_list, ids, strict=True) if i in keep], left, key
