@@ -295,6 +295,15 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
     if quarantined:
         print(f"  quarantined by preflight (overlapping atoms): {quarantined}")
     print(f"  k-points per structure: {kp['min']}-{kp['max']} (total {kp['total']})")
+    if recipe.oracle.get("kspacing") is not None and recipe.oracle.get("kpts") is None:
+        from mlip_autopipec.oracle.converge import kgrid_report
+
+        if recipe.oracle.get("converge"):
+            print("  k-points: oracle.converge replaces kspacing before labelling")
+        print(f"  k-point grid of each distinct cell (kspacing {recipe.oracle['kspacing']}):")
+        for row in kgrid_report(structures, float(recipe.oracle["kspacing"])):
+            grid = "x".join(map(str, row.grid))
+            print(f"    {grid} ({row.density} k-points per reciprocal atom): {row.cell}")
     print(
         f"  pw.x calls: {calls['first_attempts']} first attempts, at most {calls['at_most']} "
         "with retries"

@@ -72,8 +72,7 @@ def build(ctx: RunContext) -> StageResult:
 
     structures = build_structures(ctx.recipe)
     ids = ctx.store.add_structures(
-        (s.atoms, s.source, getattr(s, "origin", None) or recipe_origin(ctx.recipe, s.source))
-        for s in structures
+        (s.atoms, s.source, recipe_origin(ctx.recipe, s)) for s in structures
     )
     distinct = len(set(ids))
     ctx.say(
@@ -83,25 +82,18 @@ def build(ctx: RunContext) -> StageResult:
     return StageResult(BUILD, 0, {"structures": len(structures), "distinct": distinct})
 
 
-def recipe_origin(recipe: Any, source: str) -> dict[str, Any]:
-    """The origin record of a recipe structure: generator and parameters from its source
-    string, plus the index of its ``structures`` entry (for file entries: the entry naming
-    that file, with its ``index`` and ``format``)."""
-    from mlip_autopipec.lifecycle.migrations import origin_from_source
-
-    origin = origin_from_source(source)
-    if origin.get("generator") != "file":
-        return origin
-    for i, entry in enumerate(recipe.data["structures"]):
-        if "file" not in entry:
-            continue
-        path = Path(entry["file"])
-        shown = {str(entry["file"])}
-        if path.is_absolute() and path.is_relative_to(recipe.base_dir):
-            shown.add(os.path.relpath(path, recipe.base_dir))
-        if origin["file"] in shown:
-            origin.update(entry=i, index=entry.get("index", ":"), format=entry.get("format"))
-            break
+def recipe_origin(recipe: Any, item: Any) -> dict[str, Any]:
+    """The origin record of a recipe structure: ``kind: recipe``, its source string, the
+    index of its ``structures`` entry and the builder's record (``generator``: the source
+    kind, its parameters, strain tensor, rattle copy; file entries: file, frame, ``index``
+    and ``format``)."""
+    built = dict(item.origin)
+    origin: dict[str, Any] = {"kind": "recipe", "source": item.source}
+    origin["generator"] = built.pop("kind")
+    origin.update(built)
+    entry = recipe.data["structures"][int(origin["entry"])]
+    if origin["generator"] in ("file", "trajectory"):
+        origin.update(index=entry.get("index", ":"), format=entry.get("format"))
     return origin
 
 
@@ -111,8 +103,20 @@ def label(ctx: RunContext) -> StageResult:
     from mlip_autopipec.lifecycle.progress import Progress
     from mlip_autopipec.lifecycle.runner import label_all
     from mlip_autopipec.oracle import EspressoOracle, run_attempt
+    from mlip_autopipec.oracle.converge import CONVERGE_FILE, converged_oracle_cfg
+    from mlip_autopipec.recipe import build_structures
 
-    oracle = EspressoOracle(ctx.recipe.oracle, ctx.pseudos)
+    # oracle.converge: converge k-points (and ecutwfc) first, label everything with them
+    oracle_cfg, converged = converged_oracle_cfg(
+        ctx.recipe.oracle, ctx.pseudos, build_structures(ctx.recipe), ctx.run_dir
+    )
+    if converged is not None:
+        ecut = f", ecutwfc {converged['ecutwfc']} Ry" if converged.get("ecutwfc") else ""
+        ctx.say(
+            f"autopipec: converged settings: kspacing {converged['kspacing']} 1/Å{ecut} "
+            f"({ctx.run_dir / CONVERGE_FILE})"
+        )
+    oracle = EspressoOracle(oracle_cfg, ctx.pseudos)
     counts = label_all(ctx.store, oracle, run_attempt, ctx.executor, ctx.run_dir, Progress())
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     ctx.say(f"autopipec: labelling done: {summary}")
@@ -178,6 +182,21 @@ def train(ctx: RunContext) -> StageResult:
         ctx.say("autopipec: the current potential already covers every labelled structure")
         return StageResult(TRAIN, 0, {"fitted": False})
     atoms_list = ctx.store.labelled_atoms()
+    # one level of theory per training set (oracle.theory_mismatch: exclude)
+    from mlip_autopipec.oracle.theory import one_theory
+
+    keys = {a.info.get("structure_id"): a.info.get("theory_key") for a in atoms_list}
+    atoms_list, left_out, key = one_theory(atoms_list, keys.get)
+    if left_out:
+        shown = ", ".join(map(str, left_out[:20])) + (" ..." if len(left_out) > 20 else "")
+        ctx.say(
+            f"autopipec: note: fitting one level of theory ({key}); {len(left_out)} "
+            f"structure(s) labelled with another theory are left out: {shown}"
+        )
+        new_labels = set(ctx.store.ids_in_state("labelled"))
+        if reason == "new labels" and new_labels <= set(left_out):
+            ctx.say("autopipec: the current potential already covers every label of its theory")
+            return StageResult(TRAIN, 0, {"fitted": False, "left_out": list(left_out)})
     if len(atoms_list) < 2:
         ctx.say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
         return StageResult(TRAIN, 0, {"fitted": False})

@@ -30,6 +30,7 @@ from mlip_autopipec.oracle.diagnose import (
     parse_version,
 )
 from mlip_autopipec.oracle.ladder import RESTART_CHARGE_DENSITY, RESTART_SCRATCH
+from mlip_autopipec.oracle.magnetism import parse_magnetization
 from mlip_autopipec.process import run_process
 
 #: pw.x's prefix and outdir inside an attempt directory (the oracle manages both so that
@@ -66,6 +67,9 @@ class AttemptRequest:
     step: dict[str, Any] | None = None
     params_diff: dict[str, Any] = field(default_factory=dict)
     number: int = 1
+    #: the level of theory of this attempt (oracle/theory.py), copied into the result
+    theory: dict[str, Any] | None = None
+    theory_key: str | None = None
 
 
 def _json_safe(value: Any) -> Any:
@@ -112,6 +116,10 @@ class AttemptResult:
     structure_id: str = ""
     #: values pw.x printed that a ladder step may read (``nbnd``, ``highest_band_occupation``)
     printed: dict[str, Any] = field(default_factory=dict)
+    magmoms: tuple[float, ...] | None = None  # final moment per site (μB), spin-polarised runs
+    total_magmom: float | None = None  # final total magnetization (μB per cell)
+    theory: dict[str, Any] | None = None  # oracle/theory.py: what the label was computed with
+    theory_key: str | None = None  # hash + summary of ``theory`` without the k-points
 
     @property
     def ok(self) -> bool:
@@ -147,6 +155,10 @@ class AttemptResult:
         kw["scf_history_ev"] = tuple(float(x) for x in kw.get("scf_history_ev") or ())
         kw["params_diff"] = dict(kw.get("params_diff") or {})
         kw["printed"] = dict(kw.get("printed") or {})
+        if kw.get("magmoms") is not None:
+            kw["magmoms"] = tuple(float(m) for m in kw["magmoms"])
+        if kw.get("total_magmom") is not None:
+            kw["total_magmom"] = float(kw["total_magmom"])
         return cls(**kw)
 
 
@@ -195,6 +207,8 @@ def _result(req: AttemptRequest, diag: Diagnosis, restart: str, **kw: Any) -> At
         params_diff=dict(req.params_diff),
         restart=restart,
         structure_id=req.structure_id,
+        theory=req.theory,
+        theory_key=req.theory_key,
         **kw,
     )
 
@@ -324,7 +338,10 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
                 f"> {MAX_HIGHEST_BAND_OCCUPATION:g}: too few bands",
             )
             return _result(req, bands, restart, **common)
-    return _result(req, diag, restart, **label, **common)
+    total_magmom, magmoms = parse_magnetization(pwo_text)
+    return _result(
+        req, diag, restart, magmoms=magmoms, total_magmom=total_magmom, **label, **common
+    )
 
 
 def _smeared(input_data: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.io.espresso import kspacing_to_grid
 from ase.neighborlist import neighbor_list
 
 from mlip_autopipec.errors import OracleError
@@ -33,9 +34,14 @@ from mlip_autopipec.oracle.ladder import (
     plan_next,
     validate_ladders,
 )
+from mlip_autopipec.oracle.magnetism import is_magnetic, pw_fractions
+from mlip_autopipec.oracle.theory import kpoint_record, pseudo_info, theory_key, theory_of
 
 DEFAULT_MIN_DISTANCE = 0.5  # Å
 PSEUDO_LINK_DIR = "pseudo"
+#: pw.x keys the oracle derives from the atoms' initial moments; never taken from input_data
+#: (ASE would overwrite them anyway: issue 11, Fe 0.4 became 2.3).
+_MAGNETIZATION_KEYS = ("system.starting_magnetization",)
 
 
 def min_interatomic_distance(atoms: Atoms, cutoff: float) -> tuple[float, int, int] | None:
@@ -47,6 +53,12 @@ def min_interatomic_distance(atoms: Atoms, cutoff: float) -> tuple[float, int, i
         return None
     k = int(np.argmin(d))
     return float(d[k]), int(i[k]), int(j[k])
+
+
+def kspacing_grid(atoms: Atoms, kspacing: float) -> tuple[int, int, int]:
+    """The Monkhorst-Pack grid ASE's pw.x writer uses for ``kspacing`` (1/Å, no 2π)."""
+    g = kspacing_to_grid(atoms, kspacing)
+    return (int(g[0]), int(g[1]), int(g[2]))
 
 
 def _argv(command: str | Sequence[str]) -> tuple[str, ...]:
@@ -80,6 +92,13 @@ class EspressoOracle:
         self.min_distance = float(self.cfg.get("min_distance", DEFAULT_MIN_DISTANCE))
         self.koffset = tuple(int(k) for k in (self.cfg.get("koffset") or (0, 0, 0)))
         self.base = base_params(self.cfg)
+        given = sorted(k for k in self.base if k.lower().startswith(_MAGNETIZATION_KEYS))
+        if given:
+            raise OracleError(
+                f"oracle.input_data sets {', '.join(given)}: initial moments are the atoms' "
+                "(μB; recipe: oracle.magnetism.default_moments or a structure's magmoms), "
+                "converted to pw.x fractions of each species' valence by the oracle"
+            )
         parents = {p.parent.resolve() for p in self.pseudopotentials.values()}
         #: all files in one directory: pw.x reads them there, exactly as a direct run would
         self.shared_pseudo_dir = parents.pop() if len(parents) == 1 else None
@@ -170,15 +189,19 @@ class EspressoOracle:
         attempt_dir = Path(workdir) / f"attempt-{plan.number:02d}"
         pseudo_dir, names = self._pseudo_dir(atoms, attempt_dir)
         kpts = plan.params.get(KPTS_KEY)
+        pw_atoms, params = self.spin_setup(atoms, plan.params)
+        kspacing = params.get(KSPACING_KEY)
+        kpts_t = None if kpts is None else (int(kpts[0]), int(kpts[1]), int(kpts[2]))
+        theory = self.theory_for(atoms, params)
         return AttemptRequest(
             structure_id=structure_id,
-            atoms=atoms.copy(),
+            atoms=pw_atoms,
             argv=self.argv,
             pseudo_dir=pseudo_dir,
             pseudopotentials=names,
-            input_data=nest_input(plan.params),
-            kspacing=plan.params.get(KSPACING_KEY),
-            kpts=None if kpts is None else (int(kpts[0]), int(kpts[1]), int(kpts[2])),
+            input_data=nest_input(params),
+            kspacing=kspacing,
+            kpts=kpts_t,
             koffset=(self.koffset[0], self.koffset[1], self.koffset[2]),
             timeout=None if self.timeout is None else float(self.timeout),
             attempt_dir=attempt_dir,
@@ -186,7 +209,66 @@ class EspressoOracle:
             step=plan.step,
             params_diff=plan.params_diff,
             number=plan.number,
+            theory=theory,
+            theory_key=theory_key(theory),
         )
+
+    # --- physics -----------------------------------------------------------------------
+
+    def _elements_pseudos(self, atoms: Atoms) -> dict[str, Path]:
+        return {el: self.pseudopotentials[el] for el in sorted(set(atoms.get_chemical_symbols()))}
+
+    def spin_setup(self, atoms: Atoms, params: Mapping[str, Any]) -> tuple[Atoms, dict[str, Any]]:
+        """The atoms ASE writes and the effective flat parameters, spin included.
+
+        The atoms' initial moments (μB, set from the recipe) become pw.x fractions of each
+        species' valence (:func:`~mlip_autopipec.oracle.magnetism.pw_fractions`) on a copy
+        of the atoms, which is what ASE's writer turns into ``starting_magnetization(i)``
+        with one species per distinct moment; ``nspin`` is 2 when any moment is non-zero.
+        (``starting_magnetization`` in input_data is refused when the oracle is made.)
+        Raises OracleError when a magnetic element's pseudopotential has no valence.
+        """
+        out = {k: v for k, v in params.items() if not k.lower().startswith(_MAGNETIZATION_KEYS)}
+        pw_atoms = atoms.copy()
+        pw_atoms.calc = None
+        moments = atoms.get_initial_magnetic_moments()
+        if not is_magnetic(moments):
+            pw_atoms.set_initial_magnetic_moments(None)
+            return pw_atoms, out
+        symbols = atoms.get_chemical_symbols()
+        valence: dict[str, float | None] = {}
+        for el, path in self._elements_pseudos(atoms).items():
+            try:
+                valence[el] = pseudo_info(path).z_valence
+            except OSError as exc:
+                raise OracleError(f"cannot read the {el} pseudopotential {path}: {exc}") from exc
+        try:
+            fractions = pw_fractions(symbols, moments, valence)
+        except ValueError as exc:
+            raise OracleError(str(exc)) from exc
+        pw_atoms.set_initial_magnetic_moments(fractions)
+        if not out.get("system.noncolin"):
+            out["system.nspin"] = 2
+        return pw_atoms, out
+
+    def theory_for(self, atoms: Atoms, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The level of theory of a calculation on ``atoms`` with these effective parameters."""
+        kpts = params.get(KPTS_KEY)
+        kspacing = params.get(KSPACING_KEY)
+        grid: tuple[int, int, int] | None
+        if kpts is not None:
+            grid = (int(kpts[0]), int(kpts[1]), int(kpts[2]))
+        elif kspacing is not None:
+            grid = kspacing_grid(atoms, float(kspacing))
+        else:
+            grid = (1, 1, 1)
+        record = kpoint_record(
+            np.asarray(atoms.cell.array),
+            grid,
+            None if kspacing is None else float(kspacing),
+            None if kpts is None else grid,
+        )
+        return theory_of(params, self._elements_pseudos(atoms), kpoints=record)
 
 
 def label_serially(

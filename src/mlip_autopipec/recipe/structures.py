@@ -644,7 +644,11 @@ def check_entry(i: int, entry: dict[str, Any], base_dir: Path) -> EntryCheck:
 
 def build_structures(recipe: Recipe) -> list[SourcedAtoms]:
     """Every structure the recipe names, in recipe order; the same result on every call."""
+    from mlip_autopipec.oracle.magnetism import set_recipe_moments
+
     out: list[SourcedAtoms] = []
     for i, entry in enumerate(recipe.data["structures"]):
-        out.extend(entry_structures(i, entry, recipe.base_dir))
+        # initial moments come from the recipe (never ASE's bulk defaults)
+        items = entry_structures(i, entry, recipe.base_dir)
+        out.extend(set_recipe_moments(items, entry, recipe.data.get("oracle") or {}))
     return out

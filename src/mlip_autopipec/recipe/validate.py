@@ -18,7 +18,7 @@ from ase.neighborlist import neighbor_list
 from mlip_autopipec.errors import Diagnostic, RecipeError
 from mlip_autopipec.recipe import pseudo
 from mlip_autopipec.recipe._yaml import Path_, Positions, YamlLoadError, load_yaml
-from mlip_autopipec.recipe.model import Recipe
+from mlip_autopipec.recipe.model import Recipe, SourcedAtoms
 from mlip_autopipec.recipe.namelists import check_key
 from mlip_autopipec.recipe.schema import (
     dotted,
@@ -158,6 +158,48 @@ def _check_kgrid_consistency(
                 "oracle.kpts",
                 warning=True,
             )
+
+
+def _check_physics(
+    c: _Checker, entries: list[dict[str, Any]], oracle: dict[str, Any], elements: Any
+) -> None:
+    """Per-site magmoms that do not fit a cell (error: the run would fail), usually
+    magnetic elements given no moment, and coarse k-point grids per distinct cell when the
+    recipe does not converge them (oracle/magnetism.py, oracle/converge.py)."""
+    from mlip_autopipec.oracle.converge import kgrid_warnings
+    from mlip_autopipec.oracle.magnetism import magmom_problem, unset_magnetic_elements
+
+    cells: list[SourcedAtoms] = []
+    own: set[str] = set()  # elements a file already gives a non-zero moment
+    for i, entry in enumerate(entries):
+        checked = c.checks.get(i)
+        if checked is None or checked.problems:
+            continue  # the structure checks already reported it
+        named = [(f"structures[{i}] #{n}", a) for n, a in enumerate(checked.structures)]
+        for _, atoms in named:
+            problem = magmom_problem(entry.get("magmoms"), len(atoms))
+            if problem is not None:
+                c.add(("structures", i, "magmoms"), problem)
+                break
+            if "file" in entry:
+                moments = atoms.get_initial_magnetic_moments()
+                symbols = atoms.get_chemical_symbols()
+                own |= {s for s, m in zip(symbols, moments, strict=True) if m}
+        cells.extend(SourcedAtoms(label, a) for label, a in named if a.cell.rank == 3)
+    missing = [e for e in unset_magnetic_elements(list(elements), entries, oracle) if e not in own]
+    if missing:
+        c.add(
+            ("oracle",),
+            f"no initial magnetic moment for {', '.join(missing)}: computed spin-unpolarised; "
+            "give oracle.magnetism.default_moments (μB) or a structure's magmoms",
+            warning=True,
+        )
+    kspacing = oracle.get("kspacing")
+    if oracle.get("converge") or oracle.get("kpts") is not None:
+        return
+    if isinstance(kspacing, int | float) and not isinstance(kspacing, bool) and kspacing > 0:
+        for warning in kgrid_warnings(cells, float(kspacing)):
+            c.add(("oracle", "kspacing"), warning, warning=True)
 
 
 def _check_elements(c: _Checker, raw: dict[str, Any], elements: dict[str, list[int]]) -> None:
@@ -368,6 +410,7 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         _check_pseudopotentials(c, data["oracle"], elements)
         _check_command(c, data["oracle"])
         _check_kgrid_consistency(c, data["structures"], data["oracle"])
+        _check_physics(c, data["structures"], data["oracle"], elements)
     all_diags = sorted(set(diags) | set(c.out))
     if any(d.severity == "error" for d in all_diags) or elements is None:
         return all_diags, None
