@@ -4,6 +4,10 @@ The lock is ``RUN_DIR/autopipec.lock`` held with ``fcntl.flock``: the kernel rel
 the holder dies, SIGKILL included, so a lock file left by a dead runner is simply taken
 over. The file holds the holder's PID, host and start time, for the message a second
 runner prints.
+
+Holding the lock also holds a :class:`~mlip_autopipec.process.ChildGuard`: taking the lock
+over from a dead runner first kills whatever that runner's children left running (an
+orphaned pw.x, MPI daemons, pacemaker), and the holder's own children die with it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlip_autopipec import process
 from mlip_autopipec.errors import RunLockedError
 
 LOCK_NAME = "autopipec.lock"
@@ -37,6 +42,9 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
+        self._guard: process.ChildGuard | None = None
+        #: PIDs of a dead runner's children killed when this lock was taken.
+        self.reaped: list[int] = []
 
     @property
     def held(self) -> bool:
@@ -78,12 +86,21 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        try:
+            self._guard = process.ChildGuard(self.run_dir).start()
+        except BaseException:
+            self.release()
+            raise
+        self.reaped = self._guard.reaped
         return self
 
     def release(self) -> None:
         """Release the lock and remove the lock file."""
         if self._fd is None:
             return
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         try:
             self.path.unlink(missing_ok=True)
         finally:

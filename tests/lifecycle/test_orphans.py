@@ -1,0 +1,193 @@
+"""SIGKILL of the runner's whole process group leaves no child of the run alive.
+
+Children run in their own session (so a timeout reaches MPI ranks), so a group kill does not
+reach them; they must die anyway (``PR_SET_PDEATHSIG`` + the guardian of ``process.py``) and a
+resumed run must not recompute what was finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlip_autopipec import process
+from mlip_autopipec.lifecycle.lock import RunLock
+from mlip_autopipec.lifecycle.store import DB_NAME
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
+needs_pwx = pytest.mark.skipif(
+    shutil.which("pw.x") is None or not PSEUDO.is_file(), reason="pw.x or Si.pz-vbc.UPF missing"
+)
+
+#: Three 2-atom cells (~0.2 s each), then a 16-atom cell that takes a few seconds.
+RECIPE = """\
+name: orphans
+structures:
+  - bulk: {{element: Si, crystal: diamond, a: 5.43}}
+    strain: {{min: -0.02, max: 0.02, count: 2}}
+  - bulk: {{element: Si, crystal: diamond, a: 5.43, cubic: true, supercell: [2, 1, 1]}}
+oracle:
+  command: {command}
+  pseudopotentials: {{Si: Si.pz-vbc.UPF}}
+  pseudo_dir: /usr/share/espresso/pseudo
+  kspacing: 0.5
+  timeout: 600
+  input_data:
+    system: {{ecutwfc: 12}}
+    electrons: {{conv_thr: 1.0e-9}}
+execution:
+  workers: 1
+"""
+
+
+def _of_run(run_dir: Path) -> list[int]:
+    where = str(run_dir.resolve())
+    return process.tagged_processes(lambda tag: tag.partition(":")[2] == where)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+
+
+def _start(recipe: Path, run_dir: Path) -> subprocess.Popen[str]:
+    # its own session, so that we can kill the runner's whole process group like a
+    # batch system or `kill -KILL -PGID` does
+    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlip_autopipec", *argv],
+        cwd=recipe.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait(condition, proc: subprocess.Popen[str], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.05)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+def _gone_within(run_dir: Path, pids: list[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (_of_run(run_dir) or any(_alive(p) for p in pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _of_run(run_dir) == []
+    assert [p for p in pids if _alive(p)] == []
+
+
+def _labels(run_dir: Path) -> dict[int, tuple[float, float]]:
+    if not (run_dir / DB_NAME).is_file():
+        return {}
+    conn = sqlite3.connect(f"file:{run_dir / DB_NAME}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT structure_id, energy, created FROM labels").fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    finally:
+        conn.close()
+    return {int(s): (float(e), float(t)) for s, e, t in rows}
+
+
+def test_sigterm_ignoring_grandchild_in_its_own_session_dies_with_the_runner(tmp_path):
+    command = json.dumps([sys.executable, str(FAKES / "pw_orphan_grandchild.py")])
+    recipe = tmp_path / "fake.yaml"
+    recipe.write_text(RECIPE.format(command=command))
+    run_dir = tmp_path / "run"
+    proc = _start(recipe, run_dir)
+    pid_file = run_dir / "structures" / "000001" / "attempt-01" / "grandchild.pid"
+    try:
+        _wait(pid_file.is_file, proc, 120, "grandchild")
+        grandchild = int(pid_file.read_text())
+        tagged = _of_run(run_dir)
+        assert grandchild in tagged and len(tagged) >= 2  # the fake and its grandchild
+        _kill_group(proc)
+        _gone_within(run_dir, [grandchild, *tagged], 5.0)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+
+
+def test_orphans_of_a_dead_runner_are_reaped_when_the_lock_is_taken(tmp_path):
+    # the guardian can be killed too (OOM killer, a kill of every process of the user):
+    # then the next runner of the run directory kills what is left before touching it
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tag = process.run_tag(run_dir, pid=999_999_999)  # a runner that is gone
+    env = {**os.environ, process.RUN_TAG_ENV: tag}
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(3600)"],
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while orphan.pid not in _of_run(run_dir):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with RunLock(run_dir) as lock:
+            assert lock.reaped == [orphan.pid]
+            assert orphan.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
+@needs_pwx
+def test_real_pwx_dies_with_the_runner_and_the_resume_redoes_nothing(tmp_path):
+    recipe = tmp_path / "real.yaml"
+    recipe.write_text(RECIPE.format(command="pw.x"))
+    run_dir = tmp_path / "run"
+    proc = _start(recipe, run_dir)
+    try:
+        # the three small cells are labelled, the big one is in pw.x
+        _wait(lambda: len(_labels(run_dir)) == 3 and _of_run(run_dir), proc, 180, "big cell")
+        running = _of_run(run_dir)
+        _kill_group(proc)
+        _gone_within(run_dir, running, 5.0)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    before = _labels(run_dir)
+    resumed = _start(recipe, run_dir)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    after = _labels(run_dir)
+    assert len(after) == 4
+    assert {k: after[k] for k in before} == before  # same energy, same commit time
+    conn = sqlite3.connect(run_dir / DB_NAME)
+    attempts = conn.execute(
+        "SELECT structure_id, COUNT(*) FROM attempts GROUP BY structure_id"
+    ).fetchall()
+    conn.close()
+    assert all(n == 1 for _, n in attempts)
+    big = next(s for s in after if s not in before)
+    aside = list((run_dir / "structures" / f"{big:06d}").glob("attempt-01.interrupted-*"))
+    assert len(aside) == 1
