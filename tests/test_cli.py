@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -256,3 +257,44 @@ def test_export_gives_the_stored_labels(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli("export", str(empty), cwd=tmp_path).returncode == 2
+
+
+@needs_pwx
+def test_internal_error_requeues_what_was_in_flight_and_exits_3(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, count=4)
+    run_dir = tmp_path / "run"
+    fake = Path(__file__).parent / "fakes" / "buggy_cli.py"
+    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", "--workers", "2"]
+    # the second next_request raises while the first structure's attempt is in flight
+    proc = subprocess.run(
+        [sys.executable, str(fake), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AUTOPIPEC_BUG_AT": "2"},
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "internal error" in line]
+    log = run_dir / "autopipec.log"
+    assert lines == [
+        "autopipec: internal error: RuntimeError: injected bug second line (this is a bug; "
+        f"please report it with {log}; structures in flight were requeued: rerun to resume)"
+    ]
+    assert "Traceback" in log.read_text() and "injected bug" in log.read_text()
+    status = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert status["counts"]["running"] == status["counts"]["scf_retry"] == 0
+    assert status["counts"]["pending"] == 5
+    with sqlite3.connect(run_dir / "autopipec.sqlite") as conn:
+        notes = conn.execute(
+            "SELECT structure_id, note FROM transitions WHERE trigger = 'requeue'"
+        ).fetchall()
+    assert notes == [(1, "internal error: RuntimeError")]
+
+    resumed = run_cli(*argv, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert final["counts"]["labelled"] == 5
+    assert all(s["attempts"] == 1 for s in final["structures"])

@@ -1,23 +1,35 @@
 """Command-line interface: argument parsing and exit codes only.
 
-Exit codes: 0 done, 1 the run finished with failures to look at, 2 bad recipe or
-arguments (or a locked run directory), 130/143 interrupted by SIGINT/SIGTERM.
+Exit codes (defined in :mod:`mlip_autopipec.errors`): 0 done, 1 the run finished with
+failures to look at, 2 bad recipe or arguments (or a locked run directory), 3 internal error
+(a bug: one line, the traceback in ``RUN_DIR/autopipec.log``, every structure in flight
+requeued), 130/143 interrupted by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from mlip_autopipec import __version__
-from mlip_autopipec.errors import AutopipecError, RecipeError
+from mlip_autopipec.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    AutopipecError,
+    RecipeError,
+    exit_code_for_signal,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+#: Where an internal error's traceback goes, in the run directory.
+LOG_NAME = "autopipec.log"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,6 +179,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("autopipec: interrupted", file=sys.stderr)
-        return 130
+        return exit_code_for_signal(2)
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: report it as one, never a traceback
+        return _internal_error(args, exc)
+
+
+def _write_log(run_dir: Path | None, exc: BaseException) -> Path:
+    """Append the traceback to ``RUN_DIR/autopipec.log`` (a temp file without a run dir)."""
+    text = (
+        f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} autopipec {__version__}, "
+        f"pid {os.getpid()}, argv {sys.argv!r}\n" + "".join(traceback.format_exception(exc))
+    )
+    from mlip_autopipec.lifecycle.store import DB_NAME
+
+    if run_dir is not None and (run_dir / DB_NAME).is_file():
+        try:
+            with open(run_dir / LOG_NAME, "a", encoding="utf-8") as f:
+                f.write(text)
+            return run_dir / LOG_NAME
+        except OSError:
+            pass
+    fd, name = tempfile.mkstemp(prefix="autopipec-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(name)
+
+
+def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
+    from mlip_autopipec.lifecycle.lock import RunLock
+    from mlip_autopipec.lifecycle.runner import requeue_in_flight
+
+    run_dir = RunLock.last_run_dir or getattr(args, "run_dir", None)
+    if args.command == "run" and run_dir is not None:
+        requeue_in_flight(run_dir, note=f"internal error: {type(exc).__name__}")
+    try:
+        where = str(_write_log(run_dir, exc))
+    except OSError:
+        where = "the traceback (it could not be written to a log file)"
+    message = " ".join(str(exc).split())[:300]
+    print(
+        f"autopipec: internal error: {type(exc).__name__}: {message} (this is a bug; please "
+        f"report it with {where}; structures in flight were requeued: rerun to resume)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL

@@ -24,14 +24,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from mlip_autopipec.errors import Interrupted, TrainerError, UsageError
+from mlip_autopipec.errors import EXIT_FAILED, EXIT_OK, Interrupted, TrainerError, UsageError
 from mlip_autopipec.recipe import Recipe, build_structures, load_recipe, resolve_pseudopotentials
 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "label", "train")
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 def default_run_dir(recipe: Recipe) -> Path:

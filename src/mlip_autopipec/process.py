@@ -104,19 +104,27 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, then SIGKILL it after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
+def _stop_groups(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process group at once, SIGKILL what is left after ONE grace period."""
+    for proc in procs:
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass
+    deadline = time.monotonic() + KILL_GRACE
+    for proc in procs:
         try:
-            proc.wait(timeout=wait)
-            return
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            continue
-    proc.wait()
+            pass
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        proc.wait()
 
 
 def run_process(
@@ -168,7 +176,7 @@ def run_process(
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc)
+            _stop_groups([proc])
         finally:
             with _live_lock:
                 _live.pop(proc.pid, None)
@@ -198,8 +206,7 @@ def terminate_all() -> int:
     _stopping.set()
     with _live_lock:
         procs = list(_live.values())
-    for proc in procs:
-        _kill_group(proc)
+    _stop_groups(procs)
     return len(procs)
 
 

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,3 +192,40 @@ def test_real_pwx_dies_with_the_runner_and_the_resume_redoes_nothing(tmp_path):
     big = next(s for s in after if s not in before)
     aside = list((run_dir / "structures" / f"{big:06d}").glob("attempt-01.interrupted-*"))
     assert len(aside) == 1
+
+
+def test_stopping_sigterm_ignoring_children_takes_one_grace_period_not_one_each(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(process, "KILL_GRACE", 1.0)
+    # each child notes when SIGTERM reached it, ignores it, and is SIGKILLed after the grace
+    script = (
+        "import signal, sys, time\n"
+        "def note(*_):\n"
+        "    open(sys.argv[1], 'w').write(repr(time.time()))\n"
+        "signal.signal(signal.SIGTERM, note)\n"
+        "open(sys.argv[1] + '.ready', 'w').close()\n"
+        "time.sleep(3600)\n"
+    )
+    returned: dict[int, float] = {}
+
+    def run(i: int) -> None:
+        process.run_process([sys.executable, "-c", script, str(tmp_path / f"term-{i}")], tmp_path)
+        returned[i] = time.time()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("*.ready"))) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert process.terminate_all() == 3
+        for t in threads:
+            t.join(60)
+    finally:
+        process.reset()
+    termed = [float((tmp_path / f"term-{i}").read_text()) for i in range(3)]
+    # every child got SIGTERM before any of them was killed: the grace periods overlap
+    assert max(termed) < min(returned.values())

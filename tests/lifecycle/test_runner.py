@@ -415,3 +415,30 @@ def test_make_executor_engines():
         make_executor({"engine": "dask"}, 1)
     with pytest.raises(ValueError, match="at least 1"):
         make_executor({"engine": "local"}, 0)
+
+
+def test_a_bug_in_the_loop_requeues_what_was_in_flight(tmp_path):
+    _populate(tmp_path, [["converged"]] * 3)
+
+    class Buggy(ScriptedOracle):
+        def next_request(self, structure_id, atoms, history, workdir):
+            if len(self.requests) == 1:
+                raise RuntimeError("injected bug")
+            return super().next_request(structure_id, atoms, history, workdir)
+
+    def slow(request):
+        process.run_process(["sleep", "0.3"], request.attempt_dir)
+        return run_scripted(request)
+
+    with ThreadPoolExecutor(2) as ex, pytest.raises(RuntimeError, match="injected bug"):
+        _run(tmp_path, ex, Buggy())
+    rows, energies, _ = _snapshot(tmp_path)
+    assert {r[0] for r in rows.values()} == {"pending"} and energies == {}
+    with Store.open(tmp_path) as store:
+        assert store.transitions_of(1) == [
+            ("start", "pending", "running"),
+            ("requeue", "running", "pending"),
+        ]
+    process.reset()
+    _run(tmp_path, InlineExecutor())
+    assert _snapshot(tmp_path)[0] == {i: ("labelled", 1, None) for i in range(1, 4)}

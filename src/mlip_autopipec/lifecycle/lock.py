@@ -38,6 +38,10 @@ def read_lock_info(run_dir: Path) -> dict[str, Any] | None:
 class RunLock:
     """Exclusive lock on a run directory; use as a context manager or acquire()/release()."""
 
+    #: The run directory of the last lock this process took (where the CLI writes the
+    #: traceback of an internal error and requeues what was in flight).
+    last_run_dir: Path | None = None
+
     def __init__(self, run_dir: Path | str):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
@@ -92,6 +96,7 @@ class RunLock:
             self.release()
             raise
         self.reaped = self._guard.reaped
+        RunLock.last_run_dir = self.run_dir
         return self
 
     def release(self) -> None:

@@ -33,7 +33,7 @@ from mlip_autopipec.lifecycle.machine import (
     Lifecycle,
 )
 from mlip_autopipec.lifecycle.progress import Progress
-from mlip_autopipec.lifecycle.store import Store
+from mlip_autopipec.lifecycle.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -339,6 +339,23 @@ class _Runner:
             self.progress.finish(self.counts, self.attempts)
         return dict(self.counts)
 
+    def abort(self, exc: BaseException) -> None:
+        """After a bug: stop every child and requeue everything in flight (no result of a
+        run in an unknown state is trusted); never raises over the original error."""
+        log.info("internal error (%s): requeueing what was in flight", type(exc).__name__)
+        try:
+            process.terminate_all()
+            for future in list(self.inflight):
+                future.cancel()
+            wait(list(self.inflight), timeout=process.KILL_GRACE + 30)
+            self.inflight.clear()
+            stale = self.store.ids_in_state(RUNNING, SCF_RETRY)
+            self.store.bulk_transition(
+                stale, "requeue", note=f"internal error: {type(exc).__name__}"
+            )
+        except Exception:  # noqa: BLE001 - the next run's resume requeues them anyway
+            log.info("could not requeue after the internal error", exc_info=True)
+
     def shutdown(self) -> None:
         """Graceful stop: kill pw.x children, record what finished, requeue the rest."""
         if self.stop.signum is not None:
@@ -412,7 +429,11 @@ def label_all(
     process.reset()
     try:
         runner.resume()
-        counts = runner.run(store.ids_in_state(PENDING))
+        try:
+            counts = runner.run(store.ids_in_state(PENDING))
+        except Exception as exc:
+            runner.abort(exc)
+            raise
     finally:
         for number, previous in installed.items():
             signal.signal(number, previous)
@@ -421,3 +442,21 @@ def label_all(
     if runner.stop.signum is not None:
         raise Interrupted(runner.stop.signum)
     return counts
+
+
+def requeue_in_flight(run_dir: Path, note: str = "internal error") -> int:
+    """Move every ``running``/``scf_retry`` structure of ``run_dir`` back to ``pending``.
+
+    For the CLI after an unexpected error (exit 3): takes the run lock and opens the store
+    itself; returns how many moved, 0 when there is no usable store. Never raises.
+    """
+    from mlip_autopipec.lifecycle.lock import RunLock
+
+    try:
+        if not (Path(run_dir) / DB_NAME).is_file():
+            return 0
+        with RunLock(run_dir), Store.open(run_dir, create=False) as store:
+            return store.bulk_transition(store.ids_in_state(RUNNING, SCF_RETRY), "requeue", note)
+    except Exception:  # noqa: BLE001 - best effort on the way out of a bug
+        log.info("could not requeue %s", run_dir, exc_info=True)
+        return 0
