@@ -9,8 +9,11 @@ requeued), 130/143 interrupted by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -25,6 +28,7 @@ from mlip_autopipec.errors import (
     EXIT_USAGE,
     AutopipecError,
     RecipeError,
+    UsageError,
     exit_code_for_signal,
 )
 
@@ -113,6 +117,18 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlip_autopipec.pipeline import run
 
+    try:
+        mode = os.stat(args.recipe).st_mode
+    except OSError:
+        mode = None  # the recipe loader says what is wrong, located
+    if mode is not None and not stat.S_ISREG(mode):
+        # a FIFO without a writer would block forever; <(...) can be read only once
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe?)"
+        raise UsageError(
+            f"{args.recipe}: is {kind}; 'autopipec run' copies its recipe into the run "
+            "directory and rereads it on resume, so give a recipe file, not a pipe or <(...)"
+        )
+
     return run(
         args.recipe,
         run_dir=args.run_dir,
@@ -183,7 +199,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - a bug: report it as one, never a traceback
-        return _internal_error(args, exc)
+        run_dir = _run_dir_of(args)
+        problem = _environment_problem(exc, run_dir)
+        if problem is None:
+            return _internal_error(args, exc)
+        if args.command == "run" and run_dir is not None:
+            from mlip_autopipec.lifecycle.runner import requeue_in_flight
+
+            requeue_in_flight(run_dir, note=f"stopped: {type(exc).__name__}")
+        print(
+            f"autopipec: error: {problem}; nothing finished is lost: fix it and rerun",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+#: OS errors that are the environment's, not a bug: say what and where, exit 2.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENAMETOOLONG,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.EMFILE,
+        errno.EIO,
+    }
+)
+
+#: sqlite3 messages that are the disk's or the file's, not a bug.
+_DATABASE_PROBLEMS = (
+    ("disk is full", "the disk is full"),
+    ("readonly database", "the run database is read-only"),
+    ("malformed", "the run database is damaged"),
+    ("not a database", "the run database is damaged"),
+    ("disk i/o error", "disk I/O error on the run database"),
+    ("unable to open", "cannot open the run database"),
+)
+
+
+def _run_dir_of(args: argparse.Namespace) -> Path | None:
+    from mlip_autopipec.lifecycle.lock import RunLock
+
+    found: Path | None = RunLock.last_run_dir or getattr(args, "run_dir", None)
+    return found
+
+
+def _environment_problem(exc: BaseException, run_dir: Path | None) -> str | None:
+    """A one-line description when ``exc`` is a full disk, a read-only or damaged file..."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        from mlip_autopipec.lifecycle.store import DB_NAME
+
+        text = " ".join(str(exc).split())
+        where = f"{run_dir / DB_NAME}: " if run_dir is not None else ""
+        for key, what in _DATABASE_PROBLEMS:
+            if key in text.lower():
+                return f"{where}{what} ({text})"
+        return None
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        where = exc.filename if exc.filename is not None else "a file of the run"
+        return f"{where}: {exc.strerror}"
+    return None
 
 
 def _write_log(run_dir: Path | None, exc: BaseException) -> Path:
@@ -208,10 +288,9 @@ def _write_log(run_dir: Path | None, exc: BaseException) -> Path:
 
 
 def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
-    from mlip_autopipec.lifecycle.lock import RunLock
     from mlip_autopipec.lifecycle.runner import requeue_in_flight
 
-    run_dir = RunLock.last_run_dir or getattr(args, "run_dir", None)
+    run_dir = _run_dir_of(args)
     if args.command == "run" and run_dir is not None:
         requeue_in_flight(run_dir, note=f"internal error: {type(exc).__name__}")
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlip_autopipec import process
-from mlip_autopipec.errors import RunLockedError
+from mlip_autopipec.errors import RunEnvironmentError, RunLockedError
 
 LOCK_NAME = "autopipec.lock"
 
@@ -60,7 +60,16 @@ class RunLock:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                # never through a planted link: flock and the PID record stay in this folder
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                what = (
+                    "is a directory or a link, not the lock file; remove it"
+                    if isinstance(exc, IsADirectoryError) or self.path.is_symlink()
+                    else f"cannot be created ({exc.strerror}); is the run directory writable?"
+                )
+                raise RunEnvironmentError(f"{self.path}: {what}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

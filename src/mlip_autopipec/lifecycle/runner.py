@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from mlip_autopipec import process
-from mlip_autopipec.errors import AutopipecError, Interrupted
+from mlip_autopipec.errors import AutopipecError, Interrupted, RunEnvironmentError
 from mlip_autopipec.lifecycle.machine import (
     DEFAULT_PERMANENT,
     PENDING,
@@ -97,6 +97,10 @@ def _default_from_dict() -> Callable[[dict[str, Any]], Any]:
     return from_dict
 
 
+#: Below this many free bytes on the run directory's file system a failed attempt is
+#: blamed on the disk, not on the structure (the run stops; nothing is quarantined).
+MIN_FREE_BYTES = 1 << 20
+
 #: How often one structure's attempt is resubmitted after its worker was lost.
 MAX_LOST_RESUBMITS = 3
 
@@ -154,6 +158,9 @@ class _Runner:
         self.attempts = store.total_attempts()
         self.lost: dict[int, int] = {}
         self.counts = store.counts()
+        # files the run needs throughout; one that vanishes is the infrastructure's fault
+        pseudos = getattr(oracle, "pseudopotentials", None) or {}
+        self.required = sorted({Path(p) for p in pseudos.values() if Path(p).is_file()})
 
     # -- bookkeeping helpers ------------------------------------------------------------
     def _move(self, sid: int, trigger: str, **kwargs: Any) -> str:
@@ -188,6 +195,35 @@ class _Runner:
             self.history[sid] = [from_dict(d) for d in stored] if from_dict is not None else []
         return self.history[sid]
 
+    def _infrastructure_problem(self, result: Any = None) -> str | None:
+        """Why the run, not the structure, is at fault (a vanished file, a full disk)."""
+        for path in self.required:
+            if not path.is_file():
+                return (
+                    f"{path}: existed when the run started and is gone; restore it "
+                    "(the structures in flight were requeued, nothing was quarantined)"
+                )
+        try:
+            fs = os.statvfs(self.run_dir)
+            free = fs.f_bavail * fs.f_frsize
+        except OSError:
+            free = MIN_FREE_BYTES
+        message = str(getattr(result, "message", "") or "")
+        if free < MIN_FREE_BYTES or "No space left on device" in message:
+            return (
+                f"{self.run_dir}: the file system is full ({free // 1024} KiB free); free "
+                "some space (the structures in flight were requeued, nothing was quarantined)"
+            )
+        return None
+
+    def _stop_for(self, sid: int, problem: str) -> None:
+        """Stop the run for an infrastructure problem; ``sid`` goes back to pending."""
+        if self.stop.fatal is None:
+            self.stop.fatal = RunEnvironmentError(problem)
+            self._event(f"stopping: {problem}")
+        self._move(sid, "requeue", note=f"stopped: {problem[:200]}")
+        self._done(sid)
+
     # -- resume -------------------------------------------------------------------------
     def resume(self) -> None:
         """Requeue what a killed run left in flight and set its attempt folders aside."""
@@ -216,6 +252,10 @@ class _Runner:
 
     def begin(self, sid: int) -> None:
         """Preflight a pending structure and submit its first (next) attempt."""
+        problem = self._infrastructure_problem()
+        if problem is not None:
+            self.stop.fatal = self.stop.fatal or RunEnvironmentError(problem)
+            return
         atoms = self.store.atoms_of(sid)
         pre = self.oracle.preflight(atoms)
         if pre is not None:
@@ -266,6 +306,9 @@ class _Runner:
             # The attempt was (probably) killed by our own graceful stop: not a diagnosis.
             self._move(sid, "requeue", note="stopped by signal")
             self._done(sid)
+            return
+        if not result.ok and (problem := self._infrastructure_problem(result)) is not None:
+            self._stop_for(sid, problem)
             return
         if result.ok:
             self._move(sid, "label", result=result)
