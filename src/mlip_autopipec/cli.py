@@ -73,6 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="move an existing run directory aside and start anew",
     )
+    p.add_argument(
+        "--retry-failed",
+        nargs="*",
+        metavar="CLASS",
+        help="move quarantined structures (all, or those of the given failure classes) back "
+        "to pending first; their retry ladder starts again",
+    )
 
     p = sub.add_parser("status", help="state of every structure and the potential")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -136,6 +143,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stage=args.stage,
         dry_run=args.dry_run,
         fresh=args.fresh,
+        retry_failed=args.retry_failed,
     )
 
 

@@ -72,6 +72,7 @@ def run(
     stage: str = "all",
     dry_run: bool = False,
     fresh: bool = False,
+    retry_failed: list[str] | None = None,
 ) -> int:
     """Run (or resume) a recipe; returns the exit code (0 done, 1 finished with failures).
 
@@ -94,6 +95,11 @@ def run(
     if moved is not None:
         _say(f"autopipec: the previous run was moved to {moved}")
     with RunLock(run_dir), Store.open(run_dir) as store:
+        if retry_failed is not None:
+            from mlip_autopipec.lifecycle.runner import retry_failed as requeue_failed
+
+            n = len(requeue_failed(store, retry_failed))
+            _say(f"autopipec: --retry-failed: {n} quarantined structure(s) back to pending")
         pseudos = resolve_pseudopotentials(recipe, run_dir / "pseudo")
         structures = build_structures(recipe)
         ids = store.add_structures((s.atoms, s.source) for s in structures)

@@ -38,6 +38,7 @@ LEGAL = {
     ("scf_retry", "requeue"): "pending",
     ("labelled", "train"): "trained",
     ("trained", "train"): "trained",
+    ("failed", "retry_failed"): "pending",  # run --retry-failed (issue 10, class 9)
 }
 TRIGGERS = sorted({row["trigger"] for row in TRANSITIONS})
 OUTCOMES = ["converged", "scf_not_converged", "crashed", "walltime", "overlapping_atoms"]
@@ -52,8 +53,9 @@ def test_table_is_data_and_matches_the_agreed_moves():
         for s in sources:
             table[(s, row["trigger"])] = row["dest"]
     assert table == LEGAL
-    # failed is terminal; nothing leaves labelled/trained except training
-    assert not [k for k in table if k[0] == "failed"]
+    # failed is terminal but for a retry the user asks for; nothing leaves labelled/trained
+    # except training
+    assert [k for k in table if k[0] == "failed"] == [("failed", "retry_failed")]
     assert {d for (s, _), d in table.items() if s in ("labelled", "trained")} == {"trained"}
 
 

@@ -77,6 +77,14 @@ TRANSITIONS: list[dict[str, Any]] = [
         "dest": PENDING,
         "before": "record_requeue",
     },
+    # the user asked to retry quarantined structures (``run --retry-failed``): the quarantine
+    # was not the structure's fault; the ladder restarts in ``structures/NNNNNN/retry-<k>``
+    {
+        "trigger": "retry_failed",
+        "source": FAILED,
+        "dest": PENDING,
+        "before": "record_requeue",
+    },
     # a potential was fitted on it (again, for a refit after new structures were labelled)
     {
         "trigger": "train",

@@ -10,6 +10,7 @@ those structures are requeued, their half-written attempt folders renamed aside
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -27,6 +28,7 @@ from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, Interrupted, RunEnvironmentError
 from mlip_autopipec.lifecycle.machine import (
     DEFAULT_PERMANENT,
+    FAILED,
     PENDING,
     RUNNING,
     SCF_RETRY,
@@ -157,6 +159,8 @@ class _Runner:
         self.stop = _Stop()
         self.attempts = store.total_attempts()
         self.lost: dict[int, int] = {}
+        self.offset: dict[int, int] = {}
+        self.workdirs: dict[int, Path] = {}
         self.counts = store.counts()
         # files the run needs throughout; one that vanishes is the infrastructure's fault
         pseudos = getattr(oracle, "pseudopotentials", None) or {}
@@ -185,15 +189,49 @@ class _Runner:
         self.life.release(sid)
         self.history.pop(sid, None)
         self.atoms.pop(sid, None)
+        self.offset.pop(sid, None)
+        self.workdirs.pop(sid, None)
+
+    def _workdir(self, sid: int) -> Path:
+        """Where this structure's current ladder runs: its folder, or ``retry-<k>`` in it
+        after the k-th ``--retry-failed`` (the earlier attempt folders stay as they are)."""
+        if sid not in self.workdirs:
+            k = sum(1 for t in self.store.transitions_of(sid) if t[0] == "retry_failed")
+            base = structure_workdir(self.run_dir, sid)
+            self.workdirs[sid] = base / f"retry-{k}" if k else base
+        return self.workdirs[sid]
 
     def _history(self, sid: int) -> list[Any]:
+        """The attempts of the current ladder, numbered from 1 as the oracle plans them.
+
+        After ``--retry-failed`` the ladder restarts: attempts recorded before it (outside
+        the ``retry-<k>`` folder) are not shown to the oracle; their count is the offset
+        added to the numbers of the new attempts (attempt numbers stay unique per structure).
+        """
         if sid not in self.history:
             stored = self.store.attempts_of(sid)
             if stored and self._from_dict is None:
                 self._from_dict = _default_from_dict()
             from_dict = self._from_dict
-            self.history[sid] = [from_dict(d) for d in stored] if from_dict is not None else []
+            results = [from_dict(d) for d in stored] if from_dict is not None else []
+            workdir = self._workdir(sid)
+            if workdir.name.startswith("retry-"):
+                current = [
+                    r for r in results if Path(str(r.attempt_dir)).parent.name == workdir.name
+                ]
+                self.offset[sid] = len(results) - len(current)
+                results = [self._renumber(r, -self.offset[sid]) for r in current]
+            self.history[sid] = results
         return self.history[sid]
+
+    @staticmethod
+    def _renumber(item: Any, by: int) -> Any:
+        return dataclasses.replace(item, number=item.number + by) if by else item
+
+    def _recorded_in_workdir(self, sid: int) -> set[int]:
+        self._history(sid)
+        offset = self.offset.get(sid, 0)
+        return {n - offset for n in self.store.attempt_numbers(sid) if n > offset}
 
     def _infrastructure_problem(self, result: Any = None) -> str | None:
         """Why the run, not the structure, is at fault (a vanished file, a full disk)."""
@@ -232,9 +270,7 @@ class _Runner:
             return
         self.store.bulk_transition(stale, "requeue", note="resume: in-flight attempt not trusted")
         for sid in stale:
-            moved = set_aside_unrecorded(
-                structure_workdir(self.run_dir, sid), self.store.attempt_numbers(sid)
-            )
+            moved = set_aside_unrecorded(self._workdir(sid), self._recorded_in_workdir(sid))
             for path in moved:
                 log.info("structure %d: set aside unfinished %s", sid, path.name)
         self.counts = self.store.counts()
@@ -264,8 +300,7 @@ class _Runner:
             self._done(sid)
             return
         history = self._history(sid)
-        workdir = structure_workdir(self.run_dir, sid)
-        request = self.oracle.next_request(str(sid), atoms, list(history), workdir)
+        request = self.oracle.next_request(str(sid), atoms, list(history), self._workdir(sid))
         if request is None:
             last = history[-1] if history else None
             self._move(
@@ -279,6 +314,7 @@ class _Runner:
             self._done(sid)
             return
         self.atoms[sid] = atoms
+        request = self._renumber(request, self.offset.get(sid, 0))
         self._move(sid, "start", number=request.number)
         self._submit(sid, request)
 
@@ -319,15 +355,13 @@ class _Runner:
             self._done(sid)
             return
         history = self._history(sid)
-        history.append(result)
+        history.append(self._renumber(result, -self.offset.get(sid, 0)))
         if str(result.failure_class) in self.permanent:
             self._move(sid, "quarantine", result=result)
             self._event(f"structure {sid}: quarantined: {result.failure_class}: {result.message}")
             self._done(sid)
             return
-        nxt = self.oracle.next_request(
-            str(sid), self.atoms[sid], list(history), structure_workdir(self.run_dir, sid)
-        )
+        nxt = self.oracle.next_request(str(sid), self.atoms[sid], list(history), self._workdir(sid))
         if nxt is None:
             self._move(
                 sid,
@@ -343,7 +377,7 @@ class _Runner:
             self._done(sid)
             return
         self._move(sid, "retry", result=result)
-        self._submit(sid, nxt)
+        self._submit(sid, self._renumber(nxt, self.offset.get(sid, 0)))
 
     def _failed_future(self, sid: int, request: Any, exc: BaseException) -> None:
         if isinstance(exc, AutopipecError):
@@ -503,3 +537,22 @@ def requeue_in_flight(run_dir: Path, note: str = "internal error") -> int:
     except Exception:  # noqa: BLE001 - best effort on the way out of a bug
         log.info("could not requeue %s", run_dir, exc_info=True)
         return 0
+
+
+def retry_failed(store: Store, classes: Iterable[str] = ()) -> list[int]:
+    """Move quarantined structures (all, or those whose failure class is in ``classes``)
+    back to ``pending`` with the trigger ``retry_failed``; returns their ids.
+
+    Their retry ladder starts again in ``structures/NNNNNN/retry-<k>``; earlier attempts
+    and their folders are kept as they are.
+    """
+    wanted = set(classes)
+    ids = [
+        int(row["id"])
+        for row in store.structure_rows()
+        if row["state"] == FAILED
+        and (not wanted or str(row["failure"] or "").split(":", 1)[0] in wanted)
+    ]
+    note = "retry requested" + (f" ({', '.join(sorted(wanted))})" if wanted else "")
+    store.bulk_transition(ids, "retry_failed", note=note)
+    return ids
