@@ -162,6 +162,9 @@ def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
     if len(atoms_list) < 2:
         _say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
         return None
+    from mlip_autopipec.lifecycle.runner import set_aside_unfinished_fits
+
+    set_aside_unfinished_fits(run_dir)  # a killed fit's folder is never reused as is
     workdir = next_fit_dir(run_dir)
     _say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir}")
     with _graceful_signals() as received:

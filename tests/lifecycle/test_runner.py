@@ -490,3 +490,20 @@ def test_retry_failed_restarts_the_ladder_and_keeps_the_old_attempts(tmp_path):
     ]
     assert (first / "retry-1" / "attempt-01").is_dir()
     assert list(tmp_path.glob("structures/*/retry-1/attempt-01.interrupted-1"))
+
+
+def test_unfinished_fit_folders_are_set_aside(tmp_path):
+    from mlip_autopipec.lifecycle.runner import set_aside_unfinished_fits
+    from mlip_autopipec.trainer.fit import next_fit_dir
+
+    assert set_aside_unfinished_fits(tmp_path) == []
+    done = tmp_path / "trainer" / "fit-001"
+    done.mkdir(parents=True)
+    (done / "potential.json").write_text("{}")
+    killed = tmp_path / "trainer" / "fit-002"
+    killed.mkdir()
+    (killed / "log.txt").write_text("half a fit")
+    assert next_fit_dir(tmp_path).name == "fit-003"
+    assert set_aside_unfinished_fits(tmp_path) == [tmp_path / "trainer" / "fit-002.interrupted-1"]
+    assert (tmp_path / "trainer" / "fit-002.interrupted-1" / "log.txt").read_text() == "half a fit"
+    assert done.is_dir() and next_fit_dir(tmp_path) == killed  # the number is reused

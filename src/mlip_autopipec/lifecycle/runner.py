@@ -85,6 +85,28 @@ def set_aside_unrecorded(workdir: Path, recorded: set[int]) -> list[Path]:
     return moved
 
 
+def set_aside_unfinished_fits(run_dir: Path) -> list[Path]:
+    """Set aside ``RUN_DIR/trainer/fit-NNN`` folders of fits that never finished (killed:
+    no ``potential.json``) as ``fit-NNN.interrupted-<k>``; the next fit reuses the number.
+
+    Call with the run lock held (then no live pacemaker writes there: the lock reaps a
+    dead runner's children first).
+    """
+    from mlip_autopipec.trainer.fit import POTENTIAL_JSON
+
+    trainer = Path(run_dir) / "trainer"
+    if not trainer.is_dir():
+        return []
+    moved = []
+    for child in sorted(trainer.glob("fit-*")):
+        if child.is_dir() and child.name[4:].isdigit() and not (child / POTENTIAL_JSON).is_file():
+            target = set_aside(child)
+            if target is not None:
+                log.info("set aside unfinished fit %s", child.name)
+                moved.append(target)
+    return moved
+
+
 def _default_permanent() -> frozenset[str]:
     try:
         oracle_module = importlib.import_module("mlip_autopipec.oracle")
