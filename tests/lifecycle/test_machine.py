@@ -211,6 +211,8 @@ class LifecycleStateMachine(RuleBasedStateMachine):
                 self.ever_labelled.add(sid)
             if trigger in ("retry", "quarantine") and outcome in PERMANENT:
                 self.permanent_hit.add(sid)
+            if trigger == "retry_failed":  # the user asked for it: the ladder starts again
+                self.permanent_hit.discard(sid)
         else:
             with pytest.raises(IllegalTransitionError):
                 self.life.fire(sid, trigger, result=result, number=1)
