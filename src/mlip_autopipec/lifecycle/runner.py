@@ -27,12 +27,14 @@ from typing import Any, Protocol
 from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, Interrupted, RunEnvironmentError
 from mlip_autopipec.lifecycle.machine import (
-    DEFAULT_PERMANENT,
     FAILED,
+    LABELLED,
     PENDING,
+    PERMANENT,
     RUNNING,
     SCF_RETRY,
     Lifecycle,
+    is_permanent,
 )
 from mlip_autopipec.lifecycle.progress import Progress
 from mlip_autopipec.lifecycle.store import DB_NAME, Store
@@ -105,14 +107,6 @@ def set_aside_unfinished_fits(run_dir: Path) -> list[Path]:
                 log.info("set aside unfinished fit %s", child.name)
                 moved.append(target)
     return moved
-
-
-def _default_permanent() -> frozenset[str]:
-    try:
-        oracle_module = importlib.import_module("mlip_autopipec.oracle")
-        return frozenset(oracle_module.PERMANENT)
-    except (ImportError, AttributeError):
-        return DEFAULT_PERMANENT
 
 
 def _default_from_dict() -> Callable[[dict[str, Any]], Any]:
@@ -255,7 +249,7 @@ class _Runner:
         offset = self.offset.get(sid, 0)
         return {n - offset for n in self.store.attempt_numbers(sid) if n > offset}
 
-    def _infrastructure_problem(self, result: Any = None) -> str | None:
+    def _infrastructure_problem(self, result: Any = None, files_only: bool = False) -> str | None:
         """Why the run, not the structure, is at fault (a vanished file, a full disk)."""
         for path in self.required:
             if not path.is_file():
@@ -263,6 +257,8 @@ class _Runner:
                     f"{path}: existed when the run started and is gone; restore it "
                     "(the structures in flight were requeued, nothing was quarantined)"
                 )
+        if files_only:
+            return None
         try:
             fs = os.statvfs(self.run_dir)
             free = fs.f_bavail * fs.f_frsize
@@ -365,41 +361,39 @@ class _Runner:
             self._move(sid, "requeue", note="stopped by signal")
             self._done(sid)
             return
-        if not result.ok and (problem := self._infrastructure_problem(result)) is not None:
+        # A vanished pseudopotential also voids a converged result: pw.x silently falls back
+        # to its own search path (seen: /usr/share/espresso/pseudo), another level of theory.
+        problem = self._infrastructure_problem(result, files_only=result.ok)
+        if problem is not None:
             self._stop_for(sid, problem)
             return
-        if result.ok:
-            self._move(sid, "label", result=result)
+        history = self._history(sid)
+        history.append(self._renumber(result, -self.offset.get(sid, 0)))
+        nxt = None
+        if not result.ok and not is_permanent(result, self.permanent):
+            nxt = self.oracle.next_request(
+                str(sid), self.atoms[sid], list(history), self._workdir(sid)
+            )
+        # the table decides: label / quarantine (permanent) / retry / quarantine (exhausted)
+        new = self._move(
+            sid, "attempt_done", result=result, next_request=nxt, attempts=len(history)
+        )
+        if new == SCF_RETRY:
+            self._submit(sid, self._renumber(nxt, self.offset.get(sid, 0)))
+            return
+        if new == LABELLED:
             self._event(
                 f"structure {sid}: labelled (attempt {result.number}, E = {result.energy:.6f} eV)",
                 routine=True,
             )
-            self._done(sid)
-            return
-        history = self._history(sid)
-        history.append(self._renumber(result, -self.offset.get(sid, 0)))
-        if str(result.failure_class) in self.permanent:
-            self._move(sid, "quarantine", result=result)
+        elif is_permanent(result, self.permanent):
             self._event(f"structure {sid}: quarantined: {result.failure_class}: {result.message}")
-            self._done(sid)
-            return
-        nxt = self.oracle.next_request(str(sid), self.atoms[sid], list(history), self._workdir(sid))
-        if nxt is None:
-            self._move(
-                sid,
-                "quarantine",
-                result=result,
-                message=f"retries exhausted after {len(history)} attempt(s); "
-                f"last: {result.message}",
-            )
+        else:
             self._event(
                 f"structure {sid}: quarantined after {len(history)} attempts: "
                 f"{result.failure_class}"
             )
-            self._done(sid)
-            return
-        self._move(sid, "retry", result=result)
-        self._submit(sid, self._renumber(nxt, self.offset.get(sid, 0)))
+        self._done(sid)
 
     def _failed_future(self, sid: int, request: Any, exc: BaseException) -> None:
         if isinstance(exc, AutopipecError):
@@ -517,7 +511,7 @@ def label_all(
         Path(run_dir),
         progress,
         max(1, max_inflight),
-        frozenset(permanent) if permanent is not None else _default_permanent(),
+        frozenset(permanent) if permanent is not None else PERMANENT,
         result_from_dict,
     )
     installed: dict[int, Any] = {}
