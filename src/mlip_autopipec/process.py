@@ -253,18 +253,19 @@ def tagged_processes(match: Callable[[str], bool]) -> list[int]:
         if not name.isdigit() or int(name) == own:
             continue
         tag = _tag_of(int(name))
-        if tag is not None and match(tag) and not _is_zombie(int(name)):
+        if tag is not None and match(tag) and alive(int(name)):
             found.append(int(name))
     return sorted(found)
 
 
-def _is_zombie(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (Linux /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 :][:1] in (b"Z", b"X")
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
 def kill_tagged(match: Callable[[str], bool], timeout: float = 5.0) -> list[int]:

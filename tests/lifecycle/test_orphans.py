@@ -24,6 +24,8 @@ from mlip_autopipec import process
 from mlip_autopipec.lifecycle.lock import RunLock
 from mlip_autopipec.lifecycle.store import DB_NAME
 
+from .runs import labels, of_run, start_run
+
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 PSEUDO = Path("/usr/share/espresso/pseudo/Si.pz-vbc.UPF")
 needs_pwx = pytest.mark.skipif(
@@ -51,35 +53,6 @@ execution:
 """
 
 
-def _of_run(run_dir: Path) -> list[int]:
-    where = str(run_dir.resolve())
-    return process.tagged_processes(lambda tag: tag.partition(":")[2] == where)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
-
-
-def _start(recipe: Path, run_dir: Path) -> subprocess.Popen[str]:
-    # its own session, so that we can kill the runner's whole process group like a
-    # batch system or `kill -KILL -PGID` does
-    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlip_autopipec", *argv],
-        cwd=recipe.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 def _wait(condition, proc: subprocess.Popen[str], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -97,23 +70,10 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 def _gone_within(run_dir: Path, pids: list[int], seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while (_of_run(run_dir) or any(_alive(p) for p in pids)) and time.monotonic() < deadline:
+    while (of_run(run_dir) or any(process.alive(p) for p in pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _of_run(run_dir) == []
-    assert [p for p in pids if _alive(p)] == []
-
-
-def _labels(run_dir: Path) -> dict[int, tuple[float, float]]:
-    if not (run_dir / DB_NAME).is_file():
-        return {}
-    conn = sqlite3.connect(f"file:{run_dir / DB_NAME}?mode=ro", uri=True, timeout=10)
-    try:
-        rows = conn.execute("SELECT structure_id, energy, created FROM labels").fetchall()
-    except sqlite3.OperationalError:
-        rows = []
-    finally:
-        conn.close()
-    return {int(s): (float(e), float(t)) for s, e, t in rows}
+    assert of_run(run_dir) == []
+    assert [p for p in pids if process.alive(p)] == []
 
 
 def test_sigterm_ignoring_grandchild_in_its_own_session_dies_with_the_runner(tmp_path):
@@ -121,12 +81,12 @@ def test_sigterm_ignoring_grandchild_in_its_own_session_dies_with_the_runner(tmp
     recipe = tmp_path / "fake.yaml"
     recipe.write_text(RECIPE.format(command=command))
     run_dir = tmp_path / "run"
-    proc = _start(recipe, run_dir)
+    proc = start_run(recipe, run_dir)
     pid_file = run_dir / "structures" / "000001" / "attempt-01" / "grandchild.pid"
     try:
         _wait(pid_file.is_file, proc, 120, "grandchild")
         grandchild = int(pid_file.read_text())
-        tagged = _of_run(run_dir)
+        tagged = of_run(run_dir)
         assert grandchild in tagged and len(tagged) >= 2  # the fake and its grandchild
         _kill_group(proc)
         _gone_within(run_dir, [grandchild, *tagged], 5.0)
@@ -149,7 +109,7 @@ def test_orphans_of_a_dead_runner_are_reaped_when_the_lock_is_taken(tmp_path):
     )
     try:
         deadline = time.monotonic() + 10
-        while orphan.pid not in _of_run(run_dir):
+        while orphan.pid not in of_run(run_dir):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         with RunLock(run_dir) as lock:
@@ -166,7 +126,7 @@ def test_real_pwx_dies_with_the_runner_and_the_resume_redoes_nothing(tmp_path):
     recipe = tmp_path / "real.yaml"
     recipe.write_text(RECIPE.format(command="pw.x"))
     run_dir = tmp_path / "run"
-    proc = _start(recipe, run_dir)
+    proc = start_run(recipe, run_dir)
     try:
         # the three small cells are labelled, the big one is in pw.x (which has written
         # its banner: a process of the run that is still alive could be what pw.x's MPI
@@ -174,21 +134,21 @@ def test_real_pwx_dies_with_the_runner_and_the_resume_redoes_nothing(tmp_path):
         pwo = run_dir / "structures" / "000004" / "attempt-01" / "espresso.pwo"
 
         def big_cell_running() -> bool:
-            return pwo.is_file() and pwo.stat().st_size > 0 and bool(_of_run(run_dir))
+            return pwo.is_file() and pwo.stat().st_size > 0 and bool(of_run(run_dir))
 
         _wait(big_cell_running, proc, 180, "big cell")
-        assert len(_labels(run_dir)) == 3
-        running = _of_run(run_dir)
+        assert len(labels(run_dir)) == 3
+        running = of_run(run_dir)
         _kill_group(proc)
         _gone_within(run_dir, running, 5.0)
     finally:
         if proc.poll() is None:
             _kill_group(proc)
-    before = _labels(run_dir)
-    resumed = _start(recipe, run_dir)
+    before = labels(run_dir)
+    resumed = start_run(recipe, run_dir)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    after = _labels(run_dir)
+    after = labels(run_dir)
     assert len(after) == 4
     assert {k: after[k] for k in before} == before  # same energy, same commit time
     conn = sqlite3.connect(run_dir / DB_NAME)
