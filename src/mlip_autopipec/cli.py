@@ -121,6 +121,29 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _retry_failed(args: argparse.Namespace) -> None:
+    """``run --retry-failed [CLASS ...]``: quarantined structures back to pending first."""
+    from mlip_autopipec.lifecycle.lock import RunLock
+    from mlip_autopipec.lifecycle.rundir import check_database
+    from mlip_autopipec.lifecycle.runner import retry_failed
+    from mlip_autopipec.lifecycle.store import DB_NAME, Store
+    from mlip_autopipec.pipeline import default_run_dir
+    from mlip_autopipec.recipe import load_recipe
+
+    run_dir = (
+        args.run_dir if args.run_dir is not None else default_run_dir(load_recipe(args.recipe))
+    )
+    moved: list[int] = []
+    if (run_dir / DB_NAME).is_file():
+        check_database(run_dir / DB_NAME)
+        with RunLock(run_dir), Store.open(run_dir, create=False) as store:
+            moved = retry_failed(store, args.retry_failed)
+    print(
+        f"autopipec: --retry-failed: {len(moved)} quarantined structure(s) back to pending",
+        file=sys.stderr,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlip_autopipec.pipeline import run
 
@@ -136,6 +159,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "directory and rereads it on resume, so give a recipe file, not a pipe or <(...)"
         )
 
+    if args.retry_failed is not None and not args.dry_run:
+        _retry_failed(args)
     return run(
         args.recipe,
         run_dir=args.run_dir,
@@ -143,7 +168,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stage=args.stage,
         dry_run=args.dry_run,
         fresh=args.fresh,
-        retry_failed=args.retry_failed,
     )
 
 

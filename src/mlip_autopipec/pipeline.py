@@ -24,12 +24,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from mlip_autopipec.errors import EXIT_FAILED, EXIT_OK, Interrupted, TrainerError, UsageError
+from mlip_autopipec.errors import Interrupted, TrainerError, UsageError
 from mlip_autopipec.recipe import Recipe, build_structures, load_recipe, resolve_pseudopotentials
 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "label", "train")
+EXIT_OK = 0
+EXIT_FAILED = 1
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -72,7 +74,6 @@ def run(
     stage: str = "all",
     dry_run: bool = False,
     fresh: bool = False,
-    retry_failed: list[str] | None = None,
 ) -> int:
     """Run (or resume) a recipe; returns the exit code (0 done, 1 finished with failures).
 
@@ -95,11 +96,6 @@ def run(
     if moved is not None:
         _say(f"autopipec: the previous run was moved to {moved}")
     with RunLock(run_dir), Store.open(run_dir) as store:
-        if retry_failed is not None:
-            from mlip_autopipec.lifecycle.runner import retry_failed as requeue_failed
-
-            n = len(requeue_failed(store, retry_failed))
-            _say(f"autopipec: --retry-failed: {n} quarantined structure(s) back to pending")
         pseudos = resolve_pseudopotentials(recipe, run_dir / "pseudo")
         structures = build_structures(recipe)
         ids = store.add_structures((s.atoms, s.source) for s in structures)
@@ -162,9 +158,6 @@ def train(recipe: Recipe, store: Any, run_dir: Path) -> dict[str, Any] | None:
     if len(atoms_list) < 2:
         _say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
         return None
-    from mlip_autopipec.lifecycle.runner import set_aside_unfinished_fits
-
-    set_aside_unfinished_fits(run_dir)  # a killed fit's folder is never reused as is
     workdir = next_fit_dir(run_dir)
     _say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir}")
     with _graceful_signals() as received:

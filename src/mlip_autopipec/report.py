@@ -19,7 +19,9 @@ import html
 import io
 import json
 import math
+import os
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -76,9 +78,15 @@ class FigureResult:
 def _write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
     reader (or a kill) never sees half a file."""
-    from mlip_autopipec.fsutil import atomic_write
-
-    atomic_write(path, data)
+    # Not mkstemp: its 0600 mode would make a shared report unreadable to colleagues.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _finite(value: Any) -> float | None:

@@ -15,6 +15,7 @@ of a run directory (``RUN_DIR/trainer/current.json``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -235,9 +236,9 @@ def _only_plotting_failed(result: ProcessResult, workdir: Path, has_test: bool) 
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    from mlip_autopipec.fsutil import atomic_write_json
-
-    atomic_write_json(path, data)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def fit_potential(atoms_list: list[Atoms], trainer_cfg: dict[str, Any], workdir: Path) -> FitResult:
