@@ -112,6 +112,8 @@ class LifecycleStateMachine(RuleBasedStateMachine):
         self.attempts: dict[int, int] = {}
         self.ever_labelled: set[int] = set()
         self.permanent_hit: set[int] = set()
+        #: attempts recorded before the structure's last retry_failed (its ladder restarted)
+        self.ladder_start: dict[int, int] = {}
         self.potentials = 0
 
     def teardown(self) -> None:
@@ -213,6 +215,7 @@ class LifecycleStateMachine(RuleBasedStateMachine):
                 self.permanent_hit.add(sid)
             if trigger == "retry_failed":  # the user asked for it: the ladder starts again
                 self.permanent_hit.discard(sid)
+                self.ladder_start[sid] = len(self.store.attempts_of(sid))
         else:
             with pytest.raises(IllegalTransitionError):
                 self.life.fire(sid, trigger, result=result, number=1)
@@ -252,7 +255,7 @@ class LifecycleStateMachine(RuleBasedStateMachine):
     @invariant()
     def permanent_failures_never_retried(self) -> None:
         for sid in self.permanent_hit:
-            history = self.store.attempts_of(sid)
+            history = self.store.attempts_of(sid)[self.ladder_start.get(sid, 0) :]
             classes = [h["failure_class"] for h in history]
             first = next(i for i, c in enumerate(classes) if c in PERMANENT)
             assert first == len(classes) - 1, classes
