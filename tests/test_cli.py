@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -256,3 +257,87 @@ def test_export_gives_the_stored_labels(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run_cli("export", str(empty), cwd=tmp_path).returncode == 2
+
+
+@needs_pwx
+def test_internal_error_requeues_what_was_in_flight_and_exits_3(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, count=4)
+    run_dir = tmp_path / "run"
+    fake = Path(__file__).parent / "fakes" / "buggy_cli.py"
+    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label", "--workers", "2"]
+    # the second next_request raises while the first structure's attempt is in flight
+    proc = subprocess.run(
+        [sys.executable, str(fake), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AUTOPIPEC_BUG_AT": "2"},
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "internal error" in line]
+    log = run_dir / "autopipec.log"
+    assert lines == [
+        "autopipec: internal error: RuntimeError: injected bug second line (this is a bug; "
+        f"please report it with {log}; structures in flight were requeued: rerun to resume)"
+    ]
+    assert "Traceback" in log.read_text() and "injected bug" in log.read_text()
+    status = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert status["counts"]["running"] == status["counts"]["scf_retry"] == 0
+    assert status["counts"]["pending"] == 5
+    with sqlite3.connect(run_dir / "autopipec.sqlite") as conn:
+        notes = conn.execute(
+            "SELECT structure_id, note FROM transitions WHERE trigger = 'requeue'"
+        ).fetchall()
+    assert notes == [(1, "internal error: RuntimeError")]
+
+    resumed = run_cli(*argv, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert final["counts"]["labelled"] == 5
+    assert all(s["attempts"] == 1 for s in final["structures"])
+
+
+@needs_pwx
+def test_a_pseudopotential_that_vanishes_mid_run_stops_it_without_quarantine(
+    tmp_path: Path,
+) -> None:
+    pseudo_dir = tmp_path / "pseudo"
+    pseudo_dir.mkdir()
+    shutil.copy("/usr/share/espresso/pseudo/Si.pz-vbc.UPF", pseudo_dir)
+    fake = Path(__file__).parent / "fakes" / "pw_lose_pseudo.py"
+    command = json.dumps([sys.executable, str(fake), str(pseudo_dir), "3", "pw.x"])
+    recipe = _recipe(tmp_path, count=4)
+    recipe.write_text(
+        recipe.read_text().replace(
+            "  kspacing: 0.4\n",
+            f"  kspacing: 0.4\n  pseudo_dir: {pseudo_dir}\n  command: {command}\n",
+        )
+    )
+    run_dir = tmp_path / "run"
+    argv = ["run", str(recipe), "--run-dir", str(run_dir), "--stage", "label"]
+    proc = run_cli(*argv, cwd=tmp_path)  # the third pw.x call finds no pseudopotential
+    assert proc.returncode == 2, proc.stderr
+    assert f"{pseudo_dir / 'Si.pz-vbc.UPF'}: existed when the run started and is gone" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    status = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert status["counts"]["failed"] == 0 and status["counts"]["running"] == 0
+    done = {s["id"]: s["energy_ev"] for s in status["structures"] if s["state"] == "labelled"}
+    assert len(done) == 2
+
+    pseudo_dir.mkdir()
+    shutil.copy("/usr/share/espresso/pseudo/Si.pz-vbc.UPF", pseudo_dir)
+    resumed = run_cli(*argv, "--retry-failed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "--retry-failed: 0 quarantined structure(s) back to pending" in resumed.stderr
+    final = json.loads(run_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
+    assert final["counts"]["labelled"] == 5
+    assert all(
+        s["energy_ev"] == done[s["id"]] and s["attempts"] == 1
+        for s in final["structures"]
+        if s["id"] in done
+    )

@@ -1,23 +1,39 @@
 """Command-line interface: argument parsing and exit codes only.
 
-Exit codes: 0 done, 1 the run finished with failures to look at, 2 bad recipe or
-arguments (or a locked run directory), 130/143 interrupted by SIGINT/SIGTERM.
+Exit codes (defined in :mod:`mlip_autopipec.errors`): 0 done, 1 the run finished with
+failures to look at, 2 bad recipe or arguments (or a locked run directory), 3 internal error
+(a bug: one line, the traceback in ``RUN_DIR/autopipec.log``, every structure in flight
+requeued), 130/143 interrupted by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import sqlite3
+import stat
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from mlip_autopipec import __version__
-from mlip_autopipec.errors import AutopipecError, RecipeError
+from mlip_autopipec.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    AutopipecError,
+    RecipeError,
+    UsageError,
+    exit_code_for_signal,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+#: Where an internal error's traceback goes, in the run directory.
+LOG_NAME = "autopipec.log"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +77,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="move an existing run directory aside and start anew",
+    )
+    p.add_argument(
+        "--retry-failed",
+        nargs="*",
+        metavar="CLASS",
+        help="move quarantined structures (all, or those of the given failure classes) back "
+        "to pending first; their retry ladder starts again",
     )
 
     p = sub.add_parser("status", help="state of every structure and the potential")
@@ -110,9 +133,46 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _retry_failed(args: argparse.Namespace) -> None:
+    """``run --retry-failed [CLASS ...]``: quarantined structures back to pending first."""
+    from mlip_autopipec.lifecycle.lock import RunLock
+    from mlip_autopipec.lifecycle.rundir import check_database
+    from mlip_autopipec.lifecycle.runner import retry_failed
+    from mlip_autopipec.lifecycle.store import DB_NAME, Store
+    from mlip_autopipec.pipeline import default_run_dir
+    from mlip_autopipec.recipe import load_recipe
+
+    run_dir = (
+        args.run_dir if args.run_dir is not None else default_run_dir(load_recipe(args.recipe))
+    )
+    moved: list[int] = []
+    if (run_dir / DB_NAME).is_file():
+        check_database(run_dir / DB_NAME)
+        with RunLock(run_dir), Store.open(run_dir, create=False) as store:
+            moved = retry_failed(store, args.retry_failed)
+    print(
+        f"autopipec: --retry-failed: {len(moved)} quarantined structure(s) back to pending",
+        file=sys.stderr,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlip_autopipec.pipeline import run
 
+    try:
+        mode = os.stat(args.recipe).st_mode
+    except OSError:
+        mode = None  # the recipe loader says what is wrong, located
+    if mode is not None and not stat.S_ISREG(mode):
+        # a FIFO without a writer would block forever; <(...) can be read only once
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe?)"
+        raise UsageError(
+            f"{args.recipe}: is {kind}; 'autopipec run' copies its recipe into the run "
+            "directory and rereads it on resume, so give a recipe file, not a pipe or <(...)"
+        )
+
+    if args.retry_failed is not None and not args.dry_run:
+        _retry_failed(args)
     return run(
         args.recipe,
         run_dir=args.run_dir,
@@ -124,9 +184,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from mlip_autopipec.lifecycle.export import foreign_tables_message
     from mlip_autopipec.lifecycle.status import render_table, status_json
 
     data = status_json(args.run_dir)
+    foreign = foreign_tables_message(args.run_dir)
+    if foreign is not None:
+        print(f"autopipec: warning: {foreign}", file=sys.stderr)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -180,6 +244,112 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("autopipec: interrupted", file=sys.stderr)
-        return 130
+        return exit_code_for_signal(2)
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: report it as one, never a traceback
+        run_dir = _run_dir_of(args)
+        problem = _environment_problem(exc, run_dir)
+        if problem is None:
+            return _internal_error(args, exc)
+        if args.command == "run" and run_dir is not None:
+            from mlip_autopipec.lifecycle.runner import requeue_in_flight
+
+            requeue_in_flight(run_dir, note=f"stopped: {type(exc).__name__}")
+        print(
+            f"autopipec: error: {problem}; nothing finished is lost: fix it and rerun",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+#: OS errors that are the environment's, not a bug: say what and where, exit 2.
+_ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENAMETOOLONG,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.EMFILE,
+        errno.EIO,
+    }
+)
+
+#: sqlite3 messages that are the disk's or the file's, not a bug.
+_DATABASE_PROBLEMS = (
+    ("disk is full", "the disk is full"),
+    ("readonly database", "the run database is read-only"),
+    ("malformed", "the run database is damaged"),
+    ("not a database", "the run database is damaged"),
+    ("disk i/o error", "disk I/O error on the run database"),
+    ("unable to open", "cannot open the run database"),
+)
+
+
+def _run_dir_of(args: argparse.Namespace) -> Path | None:
+    from mlip_autopipec.lifecycle.lock import RunLock
+
+    found: Path | None = RunLock.last_run_dir or getattr(args, "run_dir", None)
+    return found
+
+
+def _environment_problem(exc: BaseException, run_dir: Path | None) -> str | None:
+    """A one-line description when ``exc`` is a full disk, a read-only or damaged file..."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        from mlip_autopipec.lifecycle.store import DB_NAME
+
+        text = " ".join(str(exc).split())
+        where = f"{run_dir / DB_NAME}: " if run_dir is not None else ""
+        for key, what in _DATABASE_PROBLEMS:
+            if key in text.lower():
+                return f"{where}{what} ({text})"
+        return None
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        where = exc.filename if exc.filename is not None else "a file of the run"
+        return f"{where}: {exc.strerror}"
+    return None
+
+
+def _write_log(run_dir: Path | None, exc: BaseException) -> Path:
+    """Append the traceback to ``RUN_DIR/autopipec.log`` (a temp file without a run dir)."""
+    text = (
+        f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} autopipec {__version__}, "
+        f"pid {os.getpid()}, argv {sys.argv!r}\n" + "".join(traceback.format_exception(exc))
+    )
+    from mlip_autopipec.lifecycle.store import DB_NAME
+
+    if run_dir is not None and (run_dir / DB_NAME).is_file():
+        try:
+            with open(run_dir / LOG_NAME, "a", encoding="utf-8") as f:
+                f.write(text)
+            return run_dir / LOG_NAME
+        except OSError:
+            pass
+    fd, name = tempfile.mkstemp(prefix="autopipec-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(name)
+
+
+def _internal_error(args: argparse.Namespace, exc: BaseException) -> int:
+    from mlip_autopipec.lifecycle.runner import requeue_in_flight
+
+    run_dir = _run_dir_of(args)
+    if args.command == "run" and run_dir is not None:
+        requeue_in_flight(run_dir, note=f"internal error: {type(exc).__name__}")
+    try:
+        where = str(_write_log(run_dir, exc))
+    except OSError:
+        where = "the traceback (it could not be written to a log file)"
+    message = " ".join(str(exc).split())[:300]
+    print(
+        f"autopipec: internal error: {type(exc).__name__}: {message} (this is a bug; please "
+        f"report it with {where}; structures in flight were requeued: rerun to resume)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL

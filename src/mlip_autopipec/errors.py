@@ -1,7 +1,9 @@
-"""The exception tree. Every user-facing error says where, what, and what to do.
+"""The exception tree and the exit codes. Every user-facing error says where, what, and
+what to do.
 
 The CLI maps these to exit codes: ``RecipeError``/``UsageError``/``RunLockedError`` -> 2,
-``RunFailedError`` -> 1; anything else is a bug and is reported as one.
+``RunFailedError`` -> 1; anything else is a bug and is reported as one (exit 3, after every
+structure in flight was requeued).
 """
 
 from __future__ import annotations
@@ -10,17 +12,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The exit codes of ``autopipec`` (the one definition; cli and pipeline use these).
+EXIT_OK = 0
+#: The run finished, with failures to look at (quarantined structures, a failed fit).
+EXIT_FAILED = 1
+#: Bad recipe, arguments or run directory, or the run directory is locked.
+EXIT_USAGE = 2
+#: A bug: one line with a bug-report hint; structures in flight were requeued.
+EXIT_INTERNAL = 3
+
+
+def exit_code_for_signal(signum: int) -> int:
+    """128 + signal number (130 for SIGINT, 143 for SIGTERM), as shells report it."""
+    return 128 + signum
+
 
 class AutopipecError(Exception):
     """Base of every error this package raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class UsageError(AutopipecError):
     """Bad command-line arguments or an unusable path."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True, order=True)
@@ -40,7 +56,7 @@ class Diagnostic:
 class RecipeError(AutopipecError):
     """A recipe failed to load or validate; carries every diagnostic found."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, diagnostics: Sequence[Diagnostic]):
         self.diagnostics = sorted(diagnostics)
@@ -50,13 +66,21 @@ class RecipeError(AutopipecError):
 class RunLockedError(AutopipecError):
     """Another live runner holds the run directory."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
+
+
+class RunEnvironmentError(AutopipecError):
+    """The run directory or a file the run needs is unusable: damaged or empty database,
+    full disk, read-only folder, a pseudopotential that vanished mid-run. Nothing finished
+    is lost; fix the cause and rerun to resume."""
+
+    exit_code = EXIT_USAGE
 
 
 class RecipeChangedError(AutopipecError):
     """The recipe changed in a way that invalidates existing labels."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class OracleError(AutopipecError):
@@ -75,7 +99,7 @@ class TrainerError(AutopipecError):
 class RunFailedError(AutopipecError):
     """The run finished but some structures were quarantined or a stage failed."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class Interrupted(AutopipecError):
@@ -83,5 +107,5 @@ class Interrupted(AutopipecError):
 
     def __init__(self, signum: int):
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = exit_code_for_signal(signum)
         super().__init__(f"interrupted by signal {signum}")

@@ -31,15 +31,13 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from mlip_autopipec import stages
-from mlip_autopipec.errors import UsageError
+from mlip_autopipec.errors import EXIT_OK, UsageError
 from mlip_autopipec.recipe import Recipe, build_structures, load_recipe, resolve_pseudopotentials
 from mlip_autopipec.stages import RunContext, Stage, StageResult
 
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "label", "train")
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 #: The stages each ``--stage`` runs (one-shot runs; every stage is idempotent).
 PLANS: dict[str, tuple[str, ...]] = {

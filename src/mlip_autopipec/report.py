@@ -19,10 +19,8 @@ import html
 import io
 import json
 import math
-import os
 import re
 import textwrap
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,6 +32,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from mlip_autopipec.errors import AutopipecError, UsageError
+from mlip_autopipec.fsutil import atomic_write
 from mlip_autopipec.lifecycle.export import foreign_tables_message
 from mlip_autopipec.lifecycle.machine import STATES
 from mlip_autopipec.lifecycle.status import status_json
@@ -88,20 +87,6 @@ class FigureResult:
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
-    reader (or a kill) never sees half a file."""
-    # Not mkstemp: its 0600 mode would make a shared report unreadable to colleagues.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -920,7 +905,7 @@ def _draw_figures(data: dict[str, Any], out: Path) -> list[FigureResult]:
             path.unlink(missing_ok=True)
             results.append(FigureResult(name, FIGURES[name], None, reason))
             continue
-        _write_atomic(path, draw())
+        atomic_write(path, draw())
         results.append(FigureResult(name, FIGURES[name], path, None))
     return results
 
@@ -1246,7 +1231,7 @@ def write_report(run_dir: Path | str) -> Path:
         for f in figures
     }
     text = json.dumps(_json_clean(data), indent=1, allow_nan=False)
-    _write_atomic(out / REPORT_JSON, (text + "\n").encode())
+    atomic_write(out / REPORT_JSON, (text + "\n").encode())
     index = out / INDEX_HTML
-    _write_atomic(index, render_html(data, figures).encode("utf-8"))
+    atomic_write(index, render_html(data, figures).encode("utf-8"))
     return index

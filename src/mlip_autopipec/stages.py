@@ -200,6 +200,10 @@ def train(ctx: RunContext) -> StageResult:
     if len(atoms_list) < 2:
         ctx.say(f"autopipec: {len(atoms_list)} labelled structure(s): nothing to fit yet")
         return StageResult(TRAIN, 0, {"fitted": False})
+    from mlip_autopipec.lifecycle.runner import set_aside_unfinished_fits
+
+    for moved in set_aside_unfinished_fits(ctx.run_dir):
+        ctx.say(f"autopipec: set aside the unfinished fit {moved.name}")
     workdir = next_fit_dir(ctx.run_dir)
     ctx.say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir} ({reason})")
     try:

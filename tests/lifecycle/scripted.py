@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-PERMANENT = frozenset(
-    {"missing_pseudopotential", "xc_conflict", "needs_spinorbit", "overlapping_atoms"}
-)
+from mlip_autopipec.oracle import PERMANENT  # the one definition (re-exported for tests)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ LEGAL = {
     ("scf_retry", "requeue"): "pending",
     ("labelled", "train"): "trained",
     ("trained", "train"): "trained",
+    ("failed", "retry_failed"): "pending",  # run --retry-failed (issue 10, class 9)
 }
 TRIGGERS = sorted({row["trigger"] for row in TRANSITIONS})
 OUTCOMES = ["converged", "scf_not_converged", "crashed", "walltime", "overlapping_atoms"]
@@ -52,8 +53,9 @@ def test_table_is_data_and_matches_the_agreed_moves():
         for s in sources:
             table[(s, row["trigger"])] = row["dest"]
     assert table == LEGAL
-    # failed is terminal; nothing leaves labelled/trained except training
-    assert not [k for k in table if k[0] == "failed"]
+    # failed is terminal but for a retry the user asks for; nothing leaves labelled/trained
+    # except training
+    assert [k for k in table if k[0] == "failed"] == [("failed", "retry_failed")]
     assert {d for (s, _), d in table.items() if s in ("labelled", "trained")} == {"trained"}
 
 
@@ -110,6 +112,8 @@ class LifecycleStateMachine(RuleBasedStateMachine):
         self.attempts: dict[int, int] = {}
         self.ever_labelled: set[int] = set()
         self.permanent_hit: set[int] = set()
+        #: attempts recorded before the structure's last retry_failed (its ladder restarted)
+        self.ladder_start: dict[int, int] = {}
         self.potentials = 0
 
     def teardown(self) -> None:
@@ -209,6 +213,9 @@ class LifecycleStateMachine(RuleBasedStateMachine):
                 self.ever_labelled.add(sid)
             if trigger in ("retry", "quarantine") and outcome in PERMANENT:
                 self.permanent_hit.add(sid)
+            if trigger == "retry_failed":  # the user asked for it: the ladder starts again
+                self.permanent_hit.discard(sid)
+                self.ladder_start[sid] = len(self.store.attempts_of(sid))
         else:
             with pytest.raises(IllegalTransitionError):
                 self.life.fire(sid, trigger, result=result, number=1)
@@ -248,7 +255,7 @@ class LifecycleStateMachine(RuleBasedStateMachine):
     @invariant()
     def permanent_failures_never_retried(self) -> None:
         for sid in self.permanent_hit:
-            history = self.store.attempts_of(sid)
+            history = self.store.attempts_of(sid)[self.ladder_start.get(sid, 0) :]
             classes = [h["failure_class"] for h in history]
             first = next(i for i, c in enumerate(classes) if c in PERMANENT)
             assert first == len(classes) - 1, classes

@@ -415,3 +415,95 @@ def test_make_executor_engines():
         make_executor({"engine": "dask"}, 1)
     with pytest.raises(ValueError, match="at least 1"):
         make_executor({"engine": "local"}, 0)
+
+
+def test_a_bug_in_the_loop_requeues_what_was_in_flight(tmp_path):
+    _populate(tmp_path, [["converged"]] * 3)
+
+    class Buggy(ScriptedOracle):
+        def next_request(self, structure_id, atoms, history, workdir):
+            if len(self.requests) == 1:
+                raise RuntimeError("injected bug")
+            return super().next_request(structure_id, atoms, history, workdir)
+
+    def slow(request):
+        process.run_process(["sleep", "0.3"], request.attempt_dir)
+        return run_scripted(request)
+
+    with ThreadPoolExecutor(2) as ex, pytest.raises(RuntimeError, match="injected bug"):
+        _run(tmp_path, ex, Buggy())
+    rows, energies, _ = _snapshot(tmp_path)
+    assert {r[0] for r in rows.values()} == {"pending"} and energies == {}
+    with Store.open(tmp_path) as store:
+        assert store.transitions_of(1) == [
+            ("start", "pending", "running"),
+            ("requeue", "running", "pending"),
+        ]
+    process.reset()
+    _run(tmp_path, InlineExecutor())
+    assert _snapshot(tmp_path)[0] == {i: ("labelled", 1, None) for i in range(1, 4)}
+
+
+def test_retry_failed_restarts_the_ladder_and_keeps_the_old_attempts(tmp_path):
+    from mlip_autopipec.lifecycle.runner import retry_failed
+
+    _populate(tmp_path, [["converged"], ["converged"], ["overlapping_atoms"]])
+    broken = {"on": True}
+
+    def flaky(request):  # the machine, not the structure, was at fault during the first run
+        result = run_scripted(request)
+        if broken["on"] and request.structure_id != "3":
+            return ScriptedResult(request.number, result.attempt_dir, "crashed", "node died")
+        return result
+
+    def run(executor):
+        with Store.open(tmp_path) as store:
+            return label_all(
+                store,
+                ScriptedOracle(),
+                flaky,
+                executor,
+                tmp_path,
+                permanent=PERMANENT,
+                result_from_dict=ScriptedResult.from_dict,
+            )
+
+    assert run(InlineExecutor())["failed"] == 3
+    broken["on"] = False
+    with Store.open(tmp_path) as store:
+        assert retry_failed(store, ["walltime"]) == []
+        assert retry_failed(store, ["crashed"]) == [1, 2]  # not the permanent one
+    with pytest.raises(Killed):  # killed during the new ladder, then resumed
+        run(InlineExecutor(kill_at=2))
+    counts = run(InlineExecutor())
+    assert counts["labelled"] == 2 and counts["failed"] == 1
+    with Store.open(tmp_path) as store:
+        for sid in (1, 2):
+            attempts = store.attempts_of(sid)
+            assert [a["number"] for a in attempts] == [1, 2, 3, 4, 5]
+            assert [a["failure_class"] for a in attempts] == ["crashed"] * 4 + ["converged"]
+            assert Path(attempts[-1]["attempt_dir"]).parent.name == "retry-1"
+            assert ("retry_failed", "failed", "pending") in store.transitions_of(sid)
+    first = structure_workdir(tmp_path, 1)
+    assert sorted(p.name for p in first.glob("attempt-*")) == [
+        f"attempt-0{i}" for i in (1, 2, 3, 4)
+    ]
+    assert (first / "retry-1" / "attempt-01").is_dir()
+    assert list(tmp_path.glob("structures/*/retry-1/attempt-01.interrupted-1"))
+
+
+def test_unfinished_fit_folders_are_set_aside(tmp_path):
+    from mlip_autopipec.lifecycle.runner import set_aside_unfinished_fits
+    from mlip_autopipec.trainer.fit import next_fit_dir
+
+    assert set_aside_unfinished_fits(tmp_path) == []
+    done = tmp_path / "trainer" / "fit-001"
+    done.mkdir(parents=True)
+    (done / "potential.json").write_text("{}")
+    killed = tmp_path / "trainer" / "fit-002"
+    killed.mkdir()
+    (killed / "log.txt").write_text("half a fit")
+    assert next_fit_dir(tmp_path).name == "fit-003"
+    assert set_aside_unfinished_fits(tmp_path) == [tmp_path / "trainer" / "fit-002.interrupted-1"]
+    assert (tmp_path / "trainer" / "fit-002.interrupted-1" / "log.txt").read_text() == "half a fit"
+    assert done.is_dir() and next_fit_dir(tmp_path) == killed  # the number is reused

@@ -52,9 +52,12 @@ def test_classes_are_consistent() -> None:
 
 
 def test_lifecycle_uses_the_same_permanent_set() -> None:
-    from mlip_autopipec.lifecycle.machine import DEFAULT_PERMANENT
+    from mlip_autopipec.lifecycle import machine
 
-    assert DEFAULT_PERMANENT is PERMANENT
+    # the lifecycle has no copy of its own: its default is the oracle table's set
+    assert not hasattr(machine, "DEFAULT_PERMANENT")
+    assert machine.is_permanent.__defaults__ == (PERMANENT,)
+    assert machine.PERMANENT is PERMANENT
 
 
 def test_importable_without_ase_or_numpy() -> None:

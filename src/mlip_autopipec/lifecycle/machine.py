@@ -1,11 +1,17 @@
 """The per-structure state machine, declared as data for the ``transitions`` library.
 
-``STATES`` and ``TRANSITIONS`` are the whole lifecycle. Side effects live in named
-callbacks on :class:`StructureModel`; each one writes the new state, a transitions-log row
-and whatever the move carries (an attempt, a label, a failure) to the store in ONE SQLite
-transaction, as a ``before`` callback. So the store changes before the in-memory state does
-and before the runner starts the next side effect (submitting pw.x); a failed write aborts
-the move.
+``STATES``, ``TRANSITIONS`` (the moves) and ``DECISIONS`` (what a finished attempt leads to)
+are the whole lifecycle. ``DECISIONS`` are ordered conditional rows on the one trigger
+``attempt_done``: ``transitions`` takes the first row whose conditions hold (label if
+converged, quarantine if permanent, retry if the ladder has a next attempt, else quarantine),
+so the table, not the runner, decides. "Permanent" is :data:`mlip_autopipec.oracle.PERMANENT`,
+asked through :func:`is_permanent` only.
+
+ONE machine-wide ``before_state_change`` hook (:meth:`StructureModel.persist`) writes every
+move to the store: the new state, a transitions-log row and whatever the move carries (an
+attempt, a label, a failure), in ONE SQLite transaction. So the store changes before the
+in-memory state does and before the runner starts the next side effect (submitting pw.x); a
+failed write aborts the move.
 
 One :class:`Lifecycle` holds one ``transitions.Machine`` for every model (measured: building
 a Machine per structure costs ~80 µs, adding a model to a shared one ~40 µs including two
@@ -39,19 +45,15 @@ STATES: list[str] = [PENDING, RUNNING, SCF_RETRY, LABELLED, FAILED, TRAINED]
 #: Terminal for labelling: the runner never submits work for these again.
 DONE_STATES = frozenset({LABELLED, FAILED, TRAINED})
 
-#: Failure classes that no retry can fix: the one copy is ``oracle.failures.PERMANENT``.
-DEFAULT_PERMANENT = PERMANENT
-
 TRANSITIONS: list[dict[str, Any]] = [
     # an attempt is about to be submitted
-    {"trigger": "start", "source": PENDING, "dest": RUNNING, "before": "record_start"},
+    {"trigger": "start", "source": PENDING, "dest": RUNNING},
     # an attempt failed with a retryable class and the ladder has a next step
     {
         "trigger": "retry",
         "source": [RUNNING, SCF_RETRY],
         "dest": SCF_RETRY,
         "conditions": "result_is_retryable",
-        "before": "record_retry",
     },
     # an attempt converged
     {
@@ -59,30 +61,48 @@ TRANSITIONS: list[dict[str, Any]] = [
         "source": [RUNNING, SCF_RETRY],
         "dest": LABELLED,
         "conditions": "result_is_converged",
-        "before": "record_label",
     },
-    # preflight failure, permanent class, or the ladder is exhausted
-    {
-        "trigger": "quarantine",
-        "source": [PENDING, RUNNING, SCF_RETRY],
-        "dest": FAILED,
-        "before": "record_failure",
-    },
+    # preflight failure, or no attempt can be planned at all
+    {"trigger": "quarantine", "source": [PENDING, RUNNING, SCF_RETRY], "dest": FAILED},
     # resume after a kill, or a graceful stop: the in-flight attempt is not trusted
-    {
-        "trigger": "requeue",
-        "source": [RUNNING, SCF_RETRY],
-        "dest": PENDING,
-        "before": "record_requeue",
-    },
+    {"trigger": "requeue", "source": [RUNNING, SCF_RETRY], "dest": PENDING},
+    # the user asked to retry quarantined structures (``run --retry-failed``): the quarantine
+    # was not the structure's fault; the ladder restarts in ``structures/NNNNNN/retry-<k>``
+    {"trigger": "retry_failed", "source": FAILED, "dest": PENDING},
     # a potential was fitted on it (again, for a refit after new structures were labelled)
-    {
-        "trigger": "train",
-        "source": [LABELLED, TRAINED],
-        "dest": TRAINED,
-        "before": "record_trained",
-    },
+    {"trigger": "train", "source": [LABELLED, TRAINED], "dest": TRAINED},
 ]
+
+_IN_FLIGHT = [RUNNING, SCF_RETRY]
+
+#: What a finished attempt leads to: the first row whose conditions hold is taken.
+DECISIONS: list[dict[str, Any]] = [
+    {
+        "trigger": "attempt_done",
+        "source": _IN_FLIGHT,
+        "dest": LABELLED,
+        "conditions": "result_is_converged",
+    },
+    {
+        "trigger": "attempt_done",
+        "source": _IN_FLIGHT,
+        "dest": FAILED,
+        "conditions": "result_is_permanent",
+    },
+    {
+        "trigger": "attempt_done",
+        "source": _IN_FLIGHT,
+        "dest": SCF_RETRY,
+        "conditions": "has_next_attempt",
+    },
+    # the ladder is exhausted
+    {"trigger": "attempt_done", "source": _IN_FLIGHT, "dest": FAILED},
+]
+
+
+def is_permanent(result: Any, permanent: Iterable[str] = PERMANENT) -> bool:
+    """True when no retry can fix ``result`` (its failure class is permanent)."""
+    return result is not None and not result.ok and str(result.failure_class) in permanent
 
 
 class IllegalTransitionError(AutopipecError):
@@ -90,20 +110,25 @@ class IllegalTransitionError(AutopipecError):
 
 
 def allowed_sources(trigger: str) -> frozenset[str]:
-    """The states from which ``trigger`` is allowed by :data:`TRANSITIONS`."""
-    for row in TRANSITIONS:
+    """The states from which ``trigger`` is allowed by :data:`TRANSITIONS`/:data:`DECISIONS`."""
+    sources: set[str] = set()
+    for row in (*TRANSITIONS, *DECISIONS):
         if row["trigger"] == trigger:
             src = row["source"]
-            return frozenset([src] if isinstance(src, str) else src)
-    raise IllegalTransitionError(f"unknown trigger {trigger!r}")
+            sources.update([src] if isinstance(src, str) else src)
+    if not sources:
+        raise IllegalTransitionError(f"unknown trigger {trigger!r}")
+    return frozenset(sources)
 
 
 def destination(trigger: str) -> str:
-    """The state ``trigger`` leads to."""
-    for row in TRANSITIONS:
-        if row["trigger"] == trigger:
-            return str(row["dest"])
-    raise IllegalTransitionError(f"unknown trigger {trigger!r}")
+    """The state ``trigger`` leads to (only for a trigger with one destination)."""
+    dests = {str(row["dest"]) for row in (*TRANSITIONS, *DECISIONS) if row["trigger"] == trigger}
+    if not dests:
+        raise IllegalTransitionError(f"unknown trigger {trigger!r}")
+    if len(dests) > 1:
+        raise IllegalTransitionError(f"{trigger!r} has conditional destinations")
+    return dests.pop()
 
 
 def check_bulk_move(trigger: str, states: Iterable[str]) -> None:
@@ -118,11 +143,13 @@ def check_bulk_move(trigger: str, states: Iterable[str]) -> None:
 
 
 class StructureModel:
-    """One structure as a ``transitions`` model; callbacks persist every move.
+    """One structure as a ``transitions`` model; :meth:`persist` writes every move.
 
     Triggers take keyword arguments (``send_event=True``): ``result`` (an AttemptResult),
-    ``number`` (attempt number being started), ``failure_class``/``message`` (quarantine
-    without a result, e.g. from preflight), ``note`` (free text for the log).
+    ``next_request`` (the next attempt the oracle planned, for ``attempt_done``), ``number``
+    (attempt number being started), ``failure_class``/``message`` (quarantine without a
+    result, e.g. from preflight, or a message for the record), ``preflight`` (the result
+    never ran pw.x), ``note`` (free text for the log).
     """
 
     state: str
@@ -137,92 +164,66 @@ class StructureModel:
         result = event.kwargs.get("result")
         return result is not None and bool(result.ok)
 
+    def result_is_permanent(self, event: EventData) -> bool:
+        return is_permanent(event.kwargs.get("result"), self.permanent)
+
     def result_is_retryable(self, event: EventData) -> bool:
         result = event.kwargs.get("result")
-        return (
-            result is not None and not result.ok and str(result.failure_class) not in self.permanent
-        )
+        return result is not None and not result.ok and not is_permanent(result, self.permanent)
 
-    # -- side effects (each is one store transaction) -----------------------------------
-    def _move(self, event: EventData) -> tuple[str, str, str]:
+    def has_next_attempt(self, event: EventData) -> bool:
+        return event.kwargs.get("next_request") is not None and self.result_is_retryable(event)
+
+    # -- the one side effect: one store transaction per move -----------------------------
+    def persist(self, event: EventData) -> None:
+        """``before_state_change`` of every move: write it, with its payload, to the store."""
         assert event.transition is not None
-        return event.event.name, event.transition.source, str(event.transition.dest)
-
-    def record_start(self, event: EventData) -> None:
-        trigger, source, dest = self._move(event)
-        note = f"attempt {event.kwargs.get('number', '?')}"
-        self.store.apply_transition(self.structure_id, trigger, source, dest, note=note)
-
-    def record_retry(self, event: EventData) -> None:
-        trigger, source, dest = self._move(event)
-        result = event.kwargs["result"]
-        self.store.apply_transition(
-            self.structure_id,
-            trigger,
-            source,
-            dest,
-            attempt=result,
-            note=f"attempt {result.number}: {result.failure_class}",
-        )
-
-    def record_label(self, event: EventData) -> None:
-        trigger, source, dest = self._move(event)
-        result = event.kwargs["result"]
-        self.store.apply_transition(
-            self.structure_id,
-            trigger,
-            source,
-            dest,
-            attempt=result,
-            label=result,
-            note=f"attempt {result.number}: converged",
-        )
-
-    def record_failure(self, event: EventData) -> None:
-        trigger, source, dest = self._move(event)
-        result = event.kwargs.get("result")
-        failure_class = event.kwargs.get("failure_class") or (
-            result.failure_class if result is not None else "unknown"
-        )
-        message = event.kwargs.get("message") or (result.message if result is not None else "")
-        # A preflight result never ran pw.x: keep it as the reason, not as an attempt.
-        ran = result is not None and not event.kwargs.get("preflight", False)
-        self.store.apply_transition(
-            self.structure_id,
-            trigger,
-            source,
-            dest,
-            attempt=result if ran else None,
-            failure=(str(failure_class), str(message)),
-            note=str(failure_class),
-        )
-
-    def record_requeue(self, event: EventData) -> None:
-        trigger, source, dest = self._move(event)
-        self.store.apply_transition(
-            self.structure_id, trigger, source, dest, note=event.kwargs.get("note", "")
-        )
-
-    def record_trained(self, event: EventData) -> None:
-        trigger, source, dest = self._move(event)
-        self.store.apply_transition(
-            self.structure_id, trigger, source, dest, note=event.kwargs.get("note", "")
-        )
+        trigger = event.event.name
+        source, dest = event.transition.source, str(event.transition.dest)
+        kw = event.kwargs
+        result: Any = kw.get("result")  # present for every move into scf_retry/labelled
+        ran = result is not None and not kw.get("preflight", False)
+        payload: dict[str, Any] = {"note": str(kw.get("note", ""))}
+        if dest == RUNNING:
+            payload["note"] = f"attempt {kw.get('number', '?')}"
+        elif dest == SCF_RETRY:
+            payload.update(attempt=result, note=f"attempt {result.number}: {result.failure_class}")
+        elif dest == LABELLED:
+            payload.update(attempt=result, label=result, note=f"attempt {result.number}: converged")
+        elif dest == FAILED:
+            failure_class = kw.get("failure_class") or (
+                result.failure_class if result is not None else "unknown"
+            )
+            message = kw.get("message") or (result.message if result is not None else "")
+            if trigger == "attempt_done" and not is_permanent(result, self.permanent):
+                # the last row: the ladder had no next attempt
+                message = (
+                    f"retries exhausted after {kw.get('attempts', result.number)} attempt(s); "
+                    f"last: {result.message}"
+                )
+            # A preflight result never ran pw.x: keep it as the reason, not as an attempt.
+            payload.update(
+                attempt=result if ran else None,
+                failure=(str(failure_class), str(message)),
+                note=str(failure_class),
+            )
+        self.store.apply_transition(self.structure_id, trigger, source, dest, **payload)
 
 
 class Lifecycle:
     """The one ``transitions.Machine`` shared by every structure model of a run."""
 
-    def __init__(self, store: Store, permanent: Iterable[str] = DEFAULT_PERMANENT):
+    def __init__(self, store: Store, permanent: Iterable[str] = PERMANENT):
         self.store = store
         self.permanent = frozenset(permanent)
         self.machine = Machine(
             model=None,
             states=STATES,
-            transitions=TRANSITIONS,
+            transitions=[*TRANSITIONS, *DECISIONS],
             initial=None,
             auto_transitions=False,
             send_event=True,
+            before_state_change="persist",
         )
         self._models: dict[int, StructureModel] = {}
 

@@ -10,13 +10,16 @@ changed keys when it can (the oracle physics), unless a fresh run directory is a
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import sqlite3
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlip_autopipec.errors import RecipeChangedError, UsageError
+from mlip_autopipec.errors import RecipeChangedError, RunEnvironmentError, UsageError
+from mlip_autopipec.fsutil import atomic_write, atomic_write_json, read_regular_file
 from mlip_autopipec.lifecycle.lock import RunLock
 from mlip_autopipec.lifecycle.store import DB_NAME
 
@@ -77,6 +80,59 @@ def compare_recipes(old_data: Mapping[str, Any], new_data: Mapping[str, Any]) ->
     return sorted(changed)
 
 
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+_RESTORE = (
+    "nothing was changed; restore it from a backup, or use --fresh (moves this run "
+    "directory aside, keeping it) or another --run-dir"
+)
+
+
+def check_database(path: Path, *, integrity: bool = True) -> None:
+    """Raise :class:`RunEnvironmentError` unless ``path`` is absent or a sound SQLite file.
+
+    An empty file (a truncated or replaced database) is refused, never silently started
+    anew over existing work; so are a symbolic link, a non-SQLite file and, with
+    ``integrity``, a database whose pages fail ``PRAGMA quick_check``. For
+    :meth:`Store.open <mlip_autopipec.lifecycle.store.Store.open>` and the run's start.
+    """
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise RunEnvironmentError(f"{path}: cannot read the run database ({exc.strerror})") from exc
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise RunEnvironmentError(f"{path}: is not a regular file (a link?); {_RESTORE}")
+    if st.st_size == 0:
+        raise RunEnvironmentError(
+            f"{path}: the run database is empty (0 bytes: truncated or replaced), so its "
+            f"labels are not in it; {_RESTORE}"
+        )
+    try:
+        header = read_regular_file(path, limit=len(SQLITE_HEADER))
+    except OSError as exc:
+        raise RunEnvironmentError(f"{path}: cannot read the run database ({exc.strerror})") from exc
+    if header != SQLITE_HEADER:
+        raise RunEnvironmentError(f"{path}: is not an SQLite database (damaged?); {_RESTORE}")
+    if not integrity:
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        raise RunEnvironmentError(
+            f"{path}: the run database is damaged ({'; '.join(problems)[:200]}); {_RESTORE}"
+        )
+
+
 def _move_aside(run_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
@@ -101,6 +157,20 @@ def prepare_run_dir(run_dir: Path, recipe: RecipeLike, *, fresh: bool = False) -
     moved: Path | None = None
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"{run_dir}: exists and is not a directory")
+    try:
+        recipe_bytes = read_regular_file(recipe.path)
+    except OSError as exc:
+        raise UsageError(
+            f"{recipe.path}: {exc.strerror}; a run copies its recipe into the run directory, "
+            "so give a recipe file (not a pipe or <(...))"
+        ) from exc
+    if run_dir.is_dir() and not os.access(run_dir, os.W_OK):
+        raise RunEnvironmentError(
+            f"{run_dir}: the run directory is not writable (read-only file system or "
+            "permissions); a run records every move there. 'autopipec status' still reads it"
+        )
+    if not fresh:
+        check_database(run_dir / DB_NAME)
     if fresh and run_dir.exists() and any(run_dir.iterdir()):
         # A live runner would keep writing into the moved directory: refuse (RunLockedError).
         with RunLock(run_dir):
@@ -110,12 +180,14 @@ def prepare_run_dir(run_dir: Path, recipe: RecipeLike, *, fresh: bool = False) -
     # Held while comparing and writing, so that a second runner (refused by the lock anyway)
     # cannot overwrite the recipe record of a live run first.
     with RunLock(run_dir):
-        _check_and_record(run_dir, recipe)
+        _check_and_record(run_dir, recipe, recipe_bytes)
     return moved
 
 
-def _check_and_record(run_dir: Path, recipe: RecipeLike) -> None:
+def _check_and_record(run_dir: Path, recipe: RecipeLike, recipe_bytes: bytes) -> None:
     data_path = run_dir / RECIPE_DATA
+    if data_path.is_symlink():
+        raise UsageError(f"{data_path}: is a symbolic link, not the run's recipe record")
     if data_path.is_file():
         try:
             old = json.loads(data_path.read_text())
@@ -134,7 +206,16 @@ def _check_and_record(run_dir: Path, recipe: RecipeLike) -> None:
             f"{run_dir}: has a run database but no {RECIPE_DATA}; cannot check the recipe. "
             "Use --fresh or another --run-dir."
         )
-    shutil.copyfile(recipe.path, run_dir / RECIPE_COPY)
-    tmp = data_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(recipe.data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(data_path)
+    if not (run_dir / DB_NAME).exists() and _has_attempts(run_dir):
+        raise RunEnvironmentError(
+            f"{run_dir / DB_NAME}: the run database is missing but {run_dir / 'structures'} "
+            f"holds attempts; {_RESTORE}"
+        )
+    # replaces a planted link at these names instead of writing through it
+    atomic_write(run_dir / RECIPE_COPY, recipe_bytes)
+    atomic_write_json(data_path, recipe.data, default=str)
+
+
+def _has_attempts(run_dir: Path) -> bool:
+    structures = run_dir / "structures"
+    return structures.is_dir() and any(structures.glob("*/attempt-*"))

@@ -10,6 +10,7 @@ those structures are requeued, their half-written attempt folders renamed aside
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -24,16 +25,19 @@ from types import FrameType
 from typing import Any, Protocol
 
 from mlip_autopipec import process
-from mlip_autopipec.errors import AutopipecError, Interrupted
+from mlip_autopipec.errors import AutopipecError, Interrupted, RunEnvironmentError
 from mlip_autopipec.lifecycle.machine import (
-    DEFAULT_PERMANENT,
+    FAILED,
+    LABELLED,
     PENDING,
+    PERMANENT,
     RUNNING,
     SCF_RETRY,
     Lifecycle,
+    is_permanent,
 )
 from mlip_autopipec.lifecycle.progress import Progress
-from mlip_autopipec.lifecycle.store import Store
+from mlip_autopipec.lifecycle.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +87,26 @@ def set_aside_unrecorded(workdir: Path, recorded: set[int]) -> list[Path]:
     return moved
 
 
-def _default_permanent() -> frozenset[str]:
-    try:
-        oracle_module = importlib.import_module("mlip_autopipec.oracle")
-        return frozenset(oracle_module.PERMANENT)
-    except (ImportError, AttributeError):
-        return DEFAULT_PERMANENT
+def set_aside_unfinished_fits(run_dir: Path) -> list[Path]:
+    """Set aside ``RUN_DIR/trainer/fit-NNN`` folders of fits that never finished (killed:
+    no ``potential.json``) as ``fit-NNN.interrupted-<k>``; the next fit reuses the number.
+
+    Call with the run lock held (then no live pacemaker writes there: the lock reaps a
+    dead runner's children first).
+    """
+    from mlip_autopipec.trainer.fit import POTENTIAL_JSON
+
+    trainer = Path(run_dir) / "trainer"
+    if not trainer.is_dir():
+        return []
+    moved = []
+    for child in sorted(trainer.glob("fit-*")):
+        if child.is_dir() and child.name[4:].isdigit() and not (child / POTENTIAL_JSON).is_file():
+            target = set_aside(child)
+            if target is not None:
+                log.info("set aside unfinished fit %s", child.name)
+                moved.append(target)
+    return moved
 
 
 def _default_from_dict() -> Callable[[dict[str, Any]], Any]:
@@ -96,6 +114,10 @@ def _default_from_dict() -> Callable[[dict[str, Any]], Any]:
     from_dict: Callable[[dict[str, Any]], Any] = oracle_module.AttemptResult.from_dict
     return from_dict
 
+
+#: Below this many free bytes on the run directory's file system a failed attempt is
+#: blamed on the disk, not on the structure (the run stops; nothing is quarantined).
+MIN_FREE_BYTES = 1 << 20
 
 #: How often one structure's attempt is resubmitted after its worker was lost.
 MAX_LOST_RESUBMITS = 3
@@ -153,7 +175,12 @@ class _Runner:
         self.stop = _Stop()
         self.attempts = store.total_attempts()
         self.lost: dict[int, int] = {}
+        self.offset: dict[int, int] = {}
+        self.workdirs: dict[int, Path] = {}
         self.counts = store.counts()
+        # files the run needs throughout; one that vanishes is the infrastructure's fault
+        pseudos = getattr(oracle, "pseudopotentials", None) or {}
+        self.required = sorted({Path(p) for p in pseudos.values() if Path(p).is_file()})
 
     # -- bookkeeping helpers ------------------------------------------------------------
     def _move(self, sid: int, trigger: str, **kwargs: Any) -> str:
@@ -178,15 +205,92 @@ class _Runner:
         self.life.release(sid)
         self.history.pop(sid, None)
         self.atoms.pop(sid, None)
+        self.offset.pop(sid, None)
+        self.workdirs.pop(sid, None)
+
+    def _prune(self, sid: int, *, finished: bool) -> None:
+        """``oracle.keep``: drop pw.x scratch no restart will read (oracle/keep.py)."""
+        keep = getattr(self.oracle, "keep", "all")
+        if keep == "all":
+            return
+        from mlip_autopipec.oracle.keep import prune_structure
+
+        try:
+            prune_structure(self._workdir(sid), keep, finished=finished)
+        except OSError as exc:  # scratch that cannot be removed costs disk, not labels
+            log.warning("structure %d: could not prune pw.x scratch: %s", sid, exc)
+
+    def _workdir(self, sid: int) -> Path:
+        """Where this structure's current ladder runs: its folder, or ``retry-<k>`` in it
+        after the k-th ``--retry-failed`` (the earlier attempt folders stay as they are)."""
+        if sid not in self.workdirs:
+            k = sum(1 for t in self.store.transitions_of(sid) if t[0] == "retry_failed")
+            base = structure_workdir(self.run_dir, sid)
+            self.workdirs[sid] = base / f"retry-{k}" if k else base
+        return self.workdirs[sid]
 
     def _history(self, sid: int) -> list[Any]:
+        """The attempts of the current ladder, numbered from 1 as the oracle plans them.
+
+        After ``--retry-failed`` the ladder restarts: attempts recorded before it (outside
+        the ``retry-<k>`` folder) are not shown to the oracle; their count is the offset
+        added to the numbers of the new attempts (attempt numbers stay unique per structure).
+        """
         if sid not in self.history:
             stored = self.store.attempts_of(sid)
             if stored and self._from_dict is None:
                 self._from_dict = _default_from_dict()
             from_dict = self._from_dict
-            self.history[sid] = [from_dict(d) for d in stored] if from_dict is not None else []
+            results = [from_dict(d) for d in stored] if from_dict is not None else []
+            workdir = self._workdir(sid)
+            if workdir.name.startswith("retry-"):
+                current = [
+                    r for r in results if Path(str(r.attempt_dir)).parent.name == workdir.name
+                ]
+                self.offset[sid] = len(results) - len(current)
+                results = [self._renumber(r, -self.offset[sid]) for r in current]
+            self.history[sid] = results
         return self.history[sid]
+
+    @staticmethod
+    def _renumber(item: Any, by: int) -> Any:
+        return dataclasses.replace(item, number=item.number + by) if by else item
+
+    def _recorded_in_workdir(self, sid: int) -> set[int]:
+        self._history(sid)
+        offset = self.offset.get(sid, 0)
+        return {n - offset for n in self.store.attempt_numbers(sid) if n > offset}
+
+    def _infrastructure_problem(self, result: Any = None, files_only: bool = False) -> str | None:
+        """Why the run, not the structure, is at fault (a vanished file, a full disk)."""
+        for path in self.required:
+            if not path.is_file():
+                return (
+                    f"{path}: existed when the run started and is gone; restore it "
+                    "(the structures in flight were requeued, nothing was quarantined)"
+                )
+        if files_only:
+            return None
+        try:
+            fs = os.statvfs(self.run_dir)
+            free = fs.f_bavail * fs.f_frsize
+        except OSError:
+            free = MIN_FREE_BYTES
+        message = str(getattr(result, "message", "") or "")
+        if free < MIN_FREE_BYTES or "No space left on device" in message:
+            return (
+                f"{self.run_dir}: the file system is full ({free // 1024} KiB free); free "
+                "some space (the structures in flight were requeued, nothing was quarantined)"
+            )
+        return None
+
+    def _stop_for(self, sid: int, problem: str) -> None:
+        """Stop the run for an infrastructure problem; ``sid`` goes back to pending."""
+        if self.stop.fatal is None:
+            self.stop.fatal = RunEnvironmentError(problem)
+            self._event(f"stopping: {problem}")
+        self._move(sid, "requeue", note=f"stopped: {problem[:200]}")
+        self._done(sid)
 
     # -- resume -------------------------------------------------------------------------
     def resume(self) -> None:
@@ -196,9 +300,7 @@ class _Runner:
             return
         self.store.bulk_transition(stale, "requeue", note="resume: in-flight attempt not trusted")
         for sid in stale:
-            moved = set_aside_unrecorded(
-                structure_workdir(self.run_dir, sid), self.store.attempt_numbers(sid)
-            )
+            moved = set_aside_unrecorded(self._workdir(sid), self._recorded_in_workdir(sid))
             for path in moved:
                 log.info("structure %d: set aside unfinished %s", sid, path.name)
         self.counts = self.store.counts()
@@ -216,6 +318,10 @@ class _Runner:
 
     def begin(self, sid: int) -> None:
         """Preflight a pending structure and submit its first (next) attempt."""
+        problem = self._infrastructure_problem()
+        if problem is not None:
+            self.stop.fatal = self.stop.fatal or RunEnvironmentError(problem)
+            return
         atoms = self.store.atoms_of(sid)
         pre = self.oracle.preflight(atoms)
         if pre is not None:
@@ -224,8 +330,7 @@ class _Runner:
             self._done(sid)
             return
         history = self._history(sid)
-        workdir = structure_workdir(self.run_dir, sid)
-        request = self.oracle.next_request(str(sid), atoms, list(history), workdir)
+        request = self.oracle.next_request(str(sid), atoms, list(history), self._workdir(sid))
         if request is None:
             last = history[-1] if history else None
             self._move(
@@ -239,6 +344,7 @@ class _Runner:
             self._done(sid)
             return
         self.atoms[sid] = atoms
+        request = self._renumber(request, self.offset.get(sid, 0))
         self._move(sid, "start", number=request.number)
         self._submit(sid, request)
 
@@ -267,40 +373,40 @@ class _Runner:
             self._move(sid, "requeue", note="stopped by signal")
             self._done(sid)
             return
-        if result.ok:
-            self._move(sid, "label", result=result)
+        # A vanished pseudopotential also voids a converged result: pw.x silently falls back
+        # to its own search path (seen: /usr/share/espresso/pseudo), another level of theory.
+        problem = self._infrastructure_problem(result, files_only=result.ok)
+        if problem is not None:
+            self._stop_for(sid, problem)
+            return
+        history = self._history(sid)
+        history.append(self._renumber(result, -self.offset.get(sid, 0)))
+        nxt = None
+        if not result.ok and not is_permanent(result, self.permanent):
+            nxt = self.oracle.next_request(
+                str(sid), self.atoms[sid], list(history), self._workdir(sid)
+            )
+        # the table decides: label / quarantine (permanent) / retry / quarantine (exhausted)
+        new = self._move(
+            sid, "attempt_done", result=result, next_request=nxt, attempts=len(history)
+        )
+        self._prune(sid, finished=new != SCF_RETRY)
+        if new == SCF_RETRY:
+            self._submit(sid, self._renumber(nxt, self.offset.get(sid, 0)))
+            return
+        if new == LABELLED:
             self._event(
                 f"structure {sid}: labelled (attempt {result.number}, E = {result.energy:.6f} eV)",
                 routine=True,
             )
-            self._done(sid)
-            return
-        history = self._history(sid)
-        history.append(result)
-        if str(result.failure_class) in self.permanent:
-            self._move(sid, "quarantine", result=result)
+        elif is_permanent(result, self.permanent):
             self._event(f"structure {sid}: quarantined: {result.failure_class}: {result.message}")
-            self._done(sid)
-            return
-        nxt = self.oracle.next_request(
-            str(sid), self.atoms[sid], list(history), structure_workdir(self.run_dir, sid)
-        )
-        if nxt is None:
-            self._move(
-                sid,
-                "quarantine",
-                result=result,
-                message=f"retries exhausted after {len(history)} attempt(s); "
-                f"last: {result.message}",
-            )
+        else:
             self._event(
                 f"structure {sid}: quarantined after {len(history)} attempts: "
                 f"{result.failure_class}"
             )
-            self._done(sid)
-            return
-        self._move(sid, "retry", result=result)
-        self._submit(sid, nxt)
+        self._done(sid)
 
     def _failed_future(self, sid: int, request: Any, exc: BaseException) -> None:
         if isinstance(exc, AutopipecError):
@@ -338,6 +444,23 @@ class _Runner:
         if self.progress is not None:
             self.progress.finish(self.counts, self.attempts)
         return dict(self.counts)
+
+    def abort(self, exc: BaseException) -> None:
+        """After a bug: stop every child and requeue everything in flight (no result of a
+        run in an unknown state is trusted); never raises over the original error."""
+        log.info("internal error (%s): requeueing what was in flight", type(exc).__name__)
+        try:
+            process.terminate_all()
+            for future in list(self.inflight):
+                future.cancel()
+            wait(list(self.inflight), timeout=process.KILL_GRACE + 30)
+            self.inflight.clear()
+            stale = self.store.ids_in_state(RUNNING, SCF_RETRY)
+            self.store.bulk_transition(
+                stale, "requeue", note=f"internal error: {type(exc).__name__}"
+            )
+        except Exception:  # noqa: BLE001 - the next run's resume requeues them anyway
+            log.info("could not requeue after the internal error", exc_info=True)
 
     def shutdown(self) -> None:
         """Graceful stop: kill pw.x children, record what finished, requeue the rest."""
@@ -401,7 +524,7 @@ def label_all(
         Path(run_dir),
         progress,
         max(1, max_inflight),
-        frozenset(permanent) if permanent is not None else _default_permanent(),
+        frozenset(permanent) if permanent is not None else PERMANENT,
         result_from_dict,
     )
     installed: dict[int, Any] = {}
@@ -412,7 +535,11 @@ def label_all(
     process.reset()
     try:
         runner.resume()
-        counts = runner.run(store.ids_in_state(PENDING))
+        try:
+            counts = runner.run(store.ids_in_state(PENDING))
+        except Exception as exc:
+            runner.abort(exc)
+            raise
     finally:
         for number, previous in installed.items():
             signal.signal(number, previous)
@@ -421,3 +548,40 @@ def label_all(
     if runner.stop.signum is not None:
         raise Interrupted(runner.stop.signum)
     return counts
+
+
+def requeue_in_flight(run_dir: Path, note: str = "internal error") -> int:
+    """Move every ``running``/``scf_retry`` structure of ``run_dir`` back to ``pending``.
+
+    For the CLI after an unexpected error (exit 3): takes the run lock and opens the store
+    itself; returns how many moved, 0 when there is no usable store. Never raises.
+    """
+    from mlip_autopipec.lifecycle.lock import RunLock
+
+    try:
+        if not (Path(run_dir) / DB_NAME).is_file():
+            return 0
+        with RunLock(run_dir), Store.open(run_dir, create=False) as store:
+            return store.bulk_transition(store.ids_in_state(RUNNING, SCF_RETRY), "requeue", note)
+    except Exception:  # noqa: BLE001 - best effort on the way out of a bug
+        log.info("could not requeue %s", run_dir, exc_info=True)
+        return 0
+
+
+def retry_failed(store: Store, classes: Iterable[str] = ()) -> list[int]:
+    """Move quarantined structures (all, or those whose failure class is in ``classes``)
+    back to ``pending`` with the trigger ``retry_failed``; returns their ids.
+
+    Their retry ladder starts again in ``structures/NNNNNN/retry-<k>``; earlier attempts
+    and their folders are kept as they are.
+    """
+    wanted = set(classes)
+    ids = [
+        int(row["id"])
+        for row in store.structure_rows()
+        if row["state"] == FAILED
+        and (not wanted or str(row["failure"] or "").split(":", 1)[0] in wanted)
+    ]
+    note = "retry requested" + (f" ({', '.join(sorted(wanted))})" if wanted else "")
+    store.bulk_transition(ids, "retry_failed", note=note)
+    return ids

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 from ase import Atoms
 
 from mlip_autopipec.errors import OracleError
+from mlip_autopipec.fsutil import atomic_write
 from mlip_autopipec.oracle.espresso import EspressoOracle, kspacing_grid, label_serially
 
 CONVERGE_FILE: Final = "converge.json"
@@ -410,9 +410,7 @@ def converge_settings(
     record["calculations"] = [asdict(c) for c in calcs]
     text = json.dumps(record, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
     out: dict[str, Any] = json.loads(text)  # exactly what a rerun reads back
     return out
 

@@ -89,6 +89,8 @@ class EspressoOracle:
         if problems:
             raise OracleError("oracle.retry: " + "; ".join(problems))
         self.timeout = self.cfg.get("timeout")
+        #: ``oracle.keep``: what of pw.x's scratch stays on disk (oracle/keep.py)
+        self.keep: str = str(self.cfg.get("keep") or "all")
         self.min_distance = float(self.cfg.get("min_distance", DEFAULT_MIN_DISTANCE))
         self.koffset = tuple(int(k) for k in (self.cfg.get("koffset") or (0, 0, 0)))
         self.base = base_params(self.cfg)

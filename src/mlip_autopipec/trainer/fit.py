@@ -14,10 +14,10 @@ from typing import Any
 
 from ase import Atoms
 
+from mlip_autopipec.fsutil import atomic_write_json
 from mlip_autopipec.trainer.config import with_defaults
 from mlip_autopipec.trainer.pacemaker import (
     PacemakerTrainer,
-    _write_json_atomic,
     resolve_command,
 )
 from mlip_autopipec.trainer.result import (
@@ -78,9 +78,9 @@ def fit_potential(
     backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
     backend.execute(workdir, backend.profile(cfg))
     fit = backend.read_results(workdir)
-    _write_json_atomic(workdir / POTENTIAL_JSON, fit.to_dict())
+    atomic_write_json(workdir / POTENTIAL_JSON, fit.to_dict())
     # Only a complete fit moves the pointer: a failed rerun leaves the previous one current.
-    _write_json_atomic(
+    atomic_write_json(
         workdir.parent / CURRENT_JSON,
         {"fit_dir": workdir.name, "potential": f"{workdir.name}/{POTENTIAL_JSON}"},
     )

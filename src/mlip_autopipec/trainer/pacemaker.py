@@ -31,6 +31,7 @@ from ase import Atoms
 
 from mlip_autopipec import __version__
 from mlip_autopipec.errors import TrainerError
+from mlip_autopipec.fsutil import atomic_write, atomic_write_json
 from mlip_autopipec.process import ProcessResult, run_process
 from mlip_autopipec.trainer.baseline import (
     REF_LSTSQ,
@@ -195,12 +196,6 @@ def _only_plotting_failed(result: ProcessResult, workdir: Path, has_test: bool) 
     return "plot_analyse_error_distributions" in tail and "finite-sized bins" in tail
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def embed_reference_energies(yace: Path, reference: Mapping[str, float]) -> None:
     """Add the per-element ``reference`` energies (eV) to the ``E0`` line of a ``.yace``.
 
@@ -221,9 +216,7 @@ def embed_reference_energies(yace: Path, reference: Mapping[str, float]) -> None
         raise TrainerError(f"{yace}: E0 has {len(current)} values for elements {elements}")
     values = [c + float(reference[el]) for c, el in zip(current, elements, strict=True)]
     line = "E0: [" + ", ".join(f"{v:.17g}" for v in values) + "]"
-    tmp = yace.with_name(yace.name + ".tmp")
-    tmp.write_text(text[: old.start()] + line + text[old.end() :])
-    tmp.replace(yace)
+    atomic_write(yace, text[: old.start()] + line + text[old.end() :])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -432,7 +425,7 @@ class PacemakerTrainer:
             ),
             workdir / INPUT_YAML,
         )
-        _write_json_atomic(
+        atomic_write_json(
             workdir / FIT_INPUTS_JSON,
             {
                 "trainer": self.name,
@@ -513,7 +506,7 @@ class PacemakerTrainer:
                 "extrapolation grades are unavailable for it (more or larger training "
                 f"structures help); see {act.stderr_path}"
             )
-        _write_json_atomic(
+        atomic_write_json(
             workdir / EXECUTE_JSON,
             {"notes": notes, "execute_seconds": time.monotonic() - start},
         )
