@@ -69,7 +69,7 @@ class RunLockedError(AutopipecError):
     exit_code = EXIT_USAGE
 
 
-class RunEnvironmentError(AutopipecError):
+class RunEnvironmentError(UsageError):
     """The run directory or a file the run needs is unusable: damaged or empty database,
     full disk, read-only folder, a pseudopotential that vanished mid-run. Nothing finished
     is lost; fix the cause and rerun to resume."""

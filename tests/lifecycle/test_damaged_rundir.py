@@ -93,7 +93,7 @@ def test_empty_database_is_refused_not_relabelled(labelled, tmp_path, capsys):
     before = _files(run_dir)
     code, err = _run(recipe, run_dir, capsys)
     assert code == 2
-    assert f"{run_dir / DB_NAME}: the run database is empty (0 bytes" in err
+    assert f"{run_dir / DB_NAME}: not a usable run database: it is empty (0 bytes" in err
     assert "--fresh" in err and "Traceback" not in err
     assert _files(run_dir) == before  # nothing recreated, no attempt run
     for command in ("status", "report", "export"):
@@ -112,7 +112,7 @@ def test_random_bytes_in_the_database(labelled, tmp_path, capsys, offset):
     before = _files(run_dir)
     code, err = _run(recipe, run_dir, capsys)
     assert code == 2, err
-    assert "database" in err and ("damaged" in err or "not an SQLite" in err)
+    assert "not a usable run database" in err and ("damaged" in err or "not SQLite" in err)
     assert "Traceback" not in err
     assert _files(run_dir) == before
     for command in ("status", "report", "export"):

@@ -83,6 +83,7 @@ def compare_recipes(old_data: Mapping[str, Any], new_data: Mapping[str, Any]) ->
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_HEADER = b"SQLite format 3\x00"
 
+_UNUSABLE = "not a usable run database"
 _RESTORE = (
     "nothing was changed; restore it from a backup, or use --fresh (moves this run "
     "directory aside, keeping it) or another --run-dir"
@@ -103,20 +104,20 @@ def check_database(path: Path, *, integrity: bool = True) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise RunEnvironmentError(f"{path}: cannot read the run database ({exc.strerror})") from exc
+        raise RunEnvironmentError(f"{path}: {_UNUSABLE}: cannot read it ({exc.strerror})") from exc
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-        raise RunEnvironmentError(f"{path}: is not a regular file (a link?); {_RESTORE}")
+        raise RunEnvironmentError(f"{path}: {_UNUSABLE}: not a regular file (a link?); {_RESTORE}")
     if st.st_size == 0:
         raise RunEnvironmentError(
-            f"{path}: the run database is empty (0 bytes: truncated or replaced), so its "
-            f"labels are not in it; {_RESTORE}"
+            f"{path}: {_UNUSABLE}: it is empty (0 bytes: truncated or "
+            f"replaced), so its labels are not in it; {_RESTORE}"
         )
     try:
         header = read_regular_file(path, limit=len(SQLITE_HEADER))
     except OSError as exc:
-        raise RunEnvironmentError(f"{path}: cannot read the run database ({exc.strerror})") from exc
+        raise RunEnvironmentError(f"{path}: {_UNUSABLE}: cannot read it ({exc.strerror})") from exc
     if header != SQLITE_HEADER:
-        raise RunEnvironmentError(f"{path}: is not an SQLite database (damaged?); {_RESTORE}")
+        raise RunEnvironmentError(f"{path}: {_UNUSABLE}: not SQLite (damaged?); {_RESTORE}")
     if not integrity:
         return
     try:
@@ -129,7 +130,7 @@ def check_database(path: Path, *, integrity: bool = True) -> None:
         problems = [str(exc)]
     if problems != ["ok"]:
         raise RunEnvironmentError(
-            f"{path}: the run database is damaged ({'; '.join(problems)[:200]}); {_RESTORE}"
+            f"{path}: {_UNUSABLE}: damaged ({'; '.join(problems)[:200]}); {_RESTORE}"
         )
 
 
