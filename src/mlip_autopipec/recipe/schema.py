@@ -148,8 +148,10 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
         known = list(schema.get("properties", {}))
         for key in inst:
             if key not in known:
-                hint = did_you_mean(key, known) or (
-                    f"; valid keys: {', '.join(known)}" if known else ""
+                hint = (
+                    _pw_variable_hint(key, path)
+                    or did_you_mean(key, known)
+                    or (f"; valid keys: {', '.join(known)}" if known else "")
                 )
                 yield _diag(
                     display, pos.at((*path, key), key=True), f"unknown key {key!r}{hint}", path
@@ -191,6 +193,20 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
     if x_error and isinstance(inst, str | int | float):
         message = f"{inst!r}: {x_error}"
     yield _diag(display, pos.at(path), message, path)
+
+
+def _pw_variable_hint(key: str, path: Path_) -> str:
+    """Where a pw.x variable written at the wrong level of the recipe belongs."""
+    if tuple(path) not in ((), ("oracle",), ("oracle", "input_data")):
+        return ""
+    from mlip_autopipec.recipe.namelists import home_of  # namelists imports this module
+
+    if key in ("kspacing", "kpts", "pseudopotentials") or key.lower() in ("a", "b", "c"):
+        return ""
+    home = home_of(key)
+    if home is None:
+        return ""
+    return f": {key} is a pw.x &{home.upper()} variable, it belongs under oracle.input_data.{home}"
 
 
 def _explain_choice(
@@ -371,8 +387,11 @@ _SEMANTIC_CHECKS = (
     "every element of the structures has a pseudopotential that exists, is readable, and is "
     "for that element (a `.UPF.gz` is fine); a cutoff below the file's suggestion is a warning;",
     "`trainer.elements`, if given, equals the elements of the structures;",
-    "keys under `oracle.input_data` and in retry steps are pw.x keys of that namelist "
-    "(ASE's list), with a suggestion for typos; keys autopipec sets itself are refused;",
+    "keys under `oracle.input_data` and in retry steps are exact pw.x 6.7 variables of that "
+    "namelist (an integer index only on arrays, e.g. `Hubbard_U(1)`), with a suggestion for "
+    "typos; values are scalars of the variable's type, strings a plain word (no quotes, `/`, "
+    "`&`, `!`, `,`, newlines); keys autopipec sets itself (`outdir`, `prefix`, `max_seconds`, "
+    "`calculation` other than `scf`, ...) are refused in every spelling;",
     "`ecutrho` > `ecutwfc` (a warning below 4 × `ecutwfc`); retry `match` is a regular expression;",
     "atoms closer than `oracle.min_distance` are a warning (those structures are quarantined);",
     "a `oracle.command` not on PATH is a warning.",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from ase import Atoms
@@ -17,10 +18,9 @@ from ase.io.formats import ioformats
 from ase.neighborlist import neighbor_list
 
 from mlip_autopipec.errors import Diagnostic, RecipeError
-from mlip_autopipec.recipe import pseudo
+from mlip_autopipec.recipe import namelists, pseudo
 from mlip_autopipec.recipe._yaml import Path_, Positions, YamlLoadError, load_yaml
 from mlip_autopipec.recipe.model import Recipe
-from mlip_autopipec.recipe.namelists import check_key
 from mlip_autopipec.recipe.schema import (
     did_you_mean,
     dotted,
@@ -294,14 +294,12 @@ def _check_input_data(c: _Checker, oracle: dict[str, Any]) -> None:
     if not isinstance(input_data, dict):
         return
     base: Path_ = ("oracle", "input_data")
-    for section in _SECTIONS:
-        values = input_data.get(section)
-        if not isinstance(values, dict):
-            continue
+    sections = {k: v for k, v in input_data.items() if k in _SECTIONS and isinstance(v, dict)}
+    for section, key, at_key, problem in namelists.iter_problems(sections):
+        path: Path_ = tuple(p for p in (*base, section, key) if p is not None)
+        c.add(path, problem, key=at_key)
+    for section, values in sections.items():
         for key, value in values.items():
-            problem = check_key(section, key)
-            if problem:
-                c.add((*base, section, key), problem, key=True)
             if section == "control" and key in ("tprnfor", "tstress") and value is False:
                 c.add(
                     (*base, section, key),
@@ -311,7 +309,7 @@ def _check_input_data(c: _Checker, oracle: dict[str, Any]) -> None:
     system = input_data.get("system")
     if isinstance(system, dict):
         wfc, rho = system.get("ecutwfc"), system.get("ecutrho")
-        if isinstance(wfc, int | float) and isinstance(rho, int | float):
+        if _real(wfc) and _real(rho):
             if rho <= wfc:
                 c.add((*base, "system", "ecutrho"), f"ecutrho {rho} must exceed ecutwfc {wfc}")
             elif rho < 4 * wfc:
@@ -320,6 +318,15 @@ def _check_input_data(c: _Checker, oracle: dict[str, Any]) -> None:
                     f"ecutrho {rho} < 4 × ecutwfc ({4 * wfc}): too low for any pseudopotential",
                     warning=True,
                 )
+
+
+def _real(value: Any) -> TypeGuard[float]:
+    """A finite int or float (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
 
 
 _DOTTED = re.compile(r"^([a-z]+)\.(.+)$")
@@ -336,25 +343,47 @@ def _check_ladders(c: _Checker, oracle: dict[str, Any]) -> None:
         for k, step in enumerate(steps):
             if not isinstance(step, dict):
                 continue
+            here: Path_ = ("oracle", "retry", "ladders", cls, k)
             match = step.get("match")
             if isinstance(match, str):
                 try:
                     re.compile(match)
                 except re.error as exc:
-                    where: Path_ = ("oracle", "retry", "ladders", cls, k, "match")
-                    c.add(where, f"not a regular expression: {exc}")
+                    c.add((*here, "match"), f"not a regular expression: {exc}")
             for verb in ("set", "scale", "only_if"):
                 changes = step.get(verb)
                 if not isinstance(changes, dict):
                     continue
-                for name in changes:
+                for name, value in changes.items():
+                    path = (*here, verb, name)
                     m = _DOTTED.match(name)
                     if not m:
-                        continue
-                    problem = check_key(m.group(1), m.group(2))
+                        continue  # the schema's pattern reports it
+                    section, key = m.group(1), m.group(2)
+                    problem = namelists.check_key(section, key)
                     if problem:
-                        path = ("oracle", "retry", "ladders", cls, k, verb, name)
                         c.add(path, problem, key=True)
+                        continue
+                    if verb == "set":
+                        problem = namelists.check_value(section, key, value)
+                    elif verb == "scale":
+                        kind = namelists.value_type(section, key)
+                        if kind not in (int, float):
+                            what = "a boolean" if kind is bool else "a string"
+                            problem = f"{name} is {what} in pw.x; only numbers can be scaled"
+                    else:
+                        allowed = value if isinstance(value, list) else [value]
+                        problem = next(
+                            (
+                                p
+                                for v in allowed
+                                if v is not None
+                                and (p := namelists.check_value(section, key, v)) is not None
+                            ),
+                            None,
+                        )
+                    if problem:
+                        c.add(path, problem)
 
 
 def _check_command(c: _Checker, oracle: dict[str, Any]) -> None:
