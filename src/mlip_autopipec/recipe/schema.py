@@ -13,11 +13,12 @@ import copy
 import difflib
 import functools
 import json
+import math
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from mlip_autopipec.errors import Diagnostic
@@ -41,9 +42,38 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
+def _is_integer(_: Any, instance: Any) -> bool:
+    # JSON Schema counts 3.0 as an integer; a recipe's integers are written as integers
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_number(_: Any, instance: Any) -> bool:
+    # .nan passes every bound (all comparisons are false) and .inf means "no limit": neither
+    # is a number a recipe can mean
+    return (
+        isinstance(instance, int | float)
+        and not isinstance(instance, bool)
+        and math.isfinite(float(instance) if isinstance(instance, float) else 0.0)
+    )
+
+
+_RecipeValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}
+    ),
+)
+
+
 @functools.cache
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(load_schema())
+def _validator() -> Any:
+    return _RecipeValidator(load_schema())
+
+
+def non_finite_message(value: float) -> str:
+    """The one message for a .nan/.inf anywhere in a recipe."""
+    shown = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    return f"{shown} is not a finite number; give a value (every number in a recipe is finite)"
 
 
 def dotted(path: Sequence[str | int]) -> str:
@@ -185,6 +215,17 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
         yield _diag(display, pos.at(path), err.message + hint, path)
         return
     message = x_error or err.message
+    if kind == "type" and isinstance(inst, float) and not math.isfinite(inst):
+        yield _diag(display, pos.at(path), non_finite_message(inst), path)
+        return
+    expected_types = err.validator_value if kind == "type" else None
+    if (
+        isinstance(inst, float)
+        and inst.is_integer()
+        and expected_types is not None
+        and "integer" in ([expected_types] if isinstance(expected_types, str) else expected_types)
+    ):
+        message = f"expected an integer, got {inst!r} (write {int(inst)}, without '.0')"
     if kind == "type" and isinstance(inst, dict | list):
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected

@@ -27,6 +27,7 @@ from mlip_autopipec.recipe.schema import (
     fill_defaults,
     invalid_sections,
     load_schema,
+    non_finite_message,
     schema_diagnostics,
 )
 from mlip_autopipec.recipe.structures import bulk_base, read_frames, strains
@@ -48,6 +49,8 @@ class _Checker:
         self.out: list[Diagnostic] = []
         #: frames read from each file entry (by entry index), read once, checked twice
         self.frames: dict[int, list[tuple[int, Atoms]]] = {}
+        #: one cell per bulk entry and every frame read, labelled, for the k-grid hints
+        self.cells: list[tuple[str, Atoms]] = []
 
     def add(self, path: Path_, message: str, *, key: bool = False, warning: bool = False) -> None:
         line, col = self.pos.at(path, key=key)
@@ -114,6 +117,7 @@ def _check_structures(
             squeezed.set_cell(base.cell * (1.0 + min(strains(entry))), scale_atoms=True)
             _check_cell(c, (*path, "bulk"), f"structures[{i}]", squeezed, min_distance)
             built = [base]
+            c.cells.append((f"structures[{i}]", base))
             count = len(strains(entry)) * (1 + (entry.get("rattle") or {}).get("count", 0))
             total += count
         else:
@@ -151,6 +155,7 @@ def _check_structures(
                     c, (*path, "file"), f"frame {n} of {entry['file']!r}", atoms, min_distance
                 )
                 built.append(atoms)
+                c.cells.append((f"structures[{i}] frame {n}", atoms))
         for atoms in built:
             for symbol in set(atoms.get_chemical_symbols()):
                 if i not in elements.setdefault(symbol, []):
@@ -166,7 +171,7 @@ def _check_structures(
 
 
 def _grid(atoms: Atoms, kspacing: float) -> str:
-    return "x".join(str(k) for k in kspacing_to_grid(atoms, kspacing))
+    return _grid_text(atoms, kspacing)
 
 
 def _check_kgrid_consistency(
@@ -224,6 +229,83 @@ def _check_kgrid_consistency(
             )
 
 
+#: k-point spacings (1/Å) outside which validate explains the unit; converged labels of
+#: crystals need about 0.1-0.3.
+KSPACING_TYPICAL = (0.1, 0.3)
+KSPACING_COARSE = 1.0
+_MAX_SHOWN_CELLS = 6
+
+
+def _grid_text(atoms: Atoms, kspacing: float) -> str:
+    """ASE's ``kspacing_to_grid`` as text, for any positive spacing (1e-320 overflows)."""
+    recip = np.linalg.norm(np.asarray(atoms.cell.reciprocal()), axis=1)
+    log_n = [
+        math.log10(r) - math.log10(kspacing) if atoms.pbc[k] and r > 0 else 0.0
+        for k, r in enumerate(recip)
+    ]
+    if max(log_n) < 5:
+        return "x".join(str(int(g)) for g in kspacing_to_grid(atoms, kspacing))
+    return f"about 10^{int(sum(max(0.0, x) for x in log_n))} k-points"
+
+
+def _check_kspacing(c: _Checker, oracle: dict[str, Any]) -> None:
+    """Teach the unit of ``oracle.kspacing`` when it is far from a sensible value.
+
+    ASE's kspacing is in 1/Å without 2π (``int(|b_i| / kspacing) + 1`` points along b_i):
+    users coming from VASP's KSPACING (with 2π) or a k-point density get it wrong by 6x
+    or more, so the message shows the grid every distinct cell would get.
+    """
+    kspacing = oracle.get("kspacing")
+    if oracle.get("kpts") is not None or not _real(kspacing) or kspacing <= 0:
+        return
+    if 0.01 <= kspacing <= KSPACING_COARSE or not c.cells:
+        return
+    seen: dict[tuple[str, str], str] = {}
+    for label, atoms in c.cells:
+        if atoms.cell.rank != 3:
+            continue
+        key = (atoms.get_chemical_formula(), _grid_text(atoms, kspacing))
+        seen.setdefault(key, label)
+    shown = [f"{grid} for {label} ({formula})" for (formula, grid), label in seen.items()]
+    more = len(shown) - _MAX_SHOWN_CELLS
+    listing = "; ".join(shown[:_MAX_SHOWN_CELLS]) + (f"; and {more} more" if more > 0 else "")
+    typical = ", ".join(
+        f"{_grid_text(atoms, 0.2)} for {label}"
+        for label, atoms in c.cells[:2]
+        if atoms.cell.rank == 3
+    )
+    unit = (
+        f"oracle.kspacing is a spacing in 1/Å, ASE's convention without 2π (points along "
+        f"b_i: int(|b_i| / kspacing) + 1); {kspacing!r} gives {listing}"
+    )
+    if kspacing > KSPACING_COARSE:
+        c.add(
+            ("oracle", "kspacing"),
+            f"{unit}. Labels need about {KSPACING_TYPICAL[0]}-{KSPACING_TYPICAL[1]} "
+            f"(0.2 gives {typical}); a VASP KSPACING (with 2π) divides by 2π here "
+            f"(VASP 0.5 = {0.5 / (2 * np.pi):.2f}); fixed grids go in oracle.kpts",
+            warning=kspacing <= 10,
+        )
+    else:
+        c.add(
+            ("oracle", "kspacing"),
+            f"{unit}: far too many k-points for pw.x; the smallest accepted spacing is 0.01 "
+            f"(labels need about {KSPACING_TYPICAL[0]}-{KSPACING_TYPICAL[1]}: 0.2 gives "
+            f"{typical})",
+        )
+
+
+def _non_finite(data: Any, path: Path_ = ()) -> list[tuple[Path_, float]]:
+    """Every .nan/.inf in the loaded recipe, with its path."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path, data)]
+    if isinstance(data, dict):
+        return [hit for k, v in data.items() for hit in _non_finite(v, (*path, k))]
+    if isinstance(data, list):
+        return [hit for i, v in enumerate(data) for hit in _non_finite(v, (*path, i))]
+    return []
+
+
 def _check_elements(c: _Checker, raw: dict[str, Any], elements: dict[str, list[int]]) -> None:
     given = raw.get("trainer", {}).get("elements")
     if given is None:
@@ -244,21 +326,29 @@ def _check_pseudopotentials(
 ) -> None:
     pps: dict[str, str] = oracle["pseudopotentials"]
     path: Path_ = ("oracle", "pseudopotentials")
+    dirs = pseudo.search_dirs(oracle.get("pseudo_dir"), c.base_dir)
     for symbol in sorted(elements):
         if symbol not in pps:
+            have = pseudo.files_for(symbol, dirs)
+            hint = (
+                f"; files for {symbol} found: {', '.join(have[:3])}"
+                if have
+                else f"; {pseudo.where_to_get(symbol)}"
+            )
             c.add(
                 path,
-                f"no pseudopotential for {symbol!r} (used by structures[{elements[symbol][0]}])",
+                f"no pseudopotential for {symbol!r} (used by structures[{elements[symbol][0]}])"
+                + hint,
                 key=True,
             )
-    dirs = pseudo.search_dirs(oracle.get("pseudo_dir"), c.base_dir)
     ecutwfc = oracle.get("input_data", {}).get("system", {}).get("ecutwfc")
     for symbol, entry in pps.items():
         where = (*path, symbol)
         found = pseudo.locate(entry, dirs, c.base_dir)
         if found is None:
-            close = pseudo.close_names(entry, dirs)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = [n for n in pseudo.close_names(entry, dirs) if pseudo.element_of(n) == symbol]
+            close = close or pseudo.files_for(symbol, dirs)[:1]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; {pseudo.where_to_get(symbol)}"
             searched = (
                 f"relative to {c.base_dir}"
                 if pseudo.is_path(entry)
@@ -444,6 +534,8 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
     data = copy.deepcopy(raw)
     oracle_raw: dict[str, Any] = raw["oracle"] if isinstance(raw.get("oracle"), dict) else {}
     schema = load_schema()
+    for where, value in _non_finite(raw):
+        c.add(where, non_finite_message(value))
     _check_input_data(c, oracle_raw)
     _check_ladders(c, oracle_raw)
     elements = None
@@ -453,6 +545,8 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         if not isinstance(min_distance, int | float) or isinstance(min_distance, bool):
             min_distance = 0.5
         elements = _check_structures(c, data["structures"], float(min_distance))
+    if elements is not None:
+        _check_kspacing(c, oracle_raw)
     if elements is not None and "trainer" not in bad:
         _check_elements(c, raw, elements)
     if elements is not None and "oracle" not in bad:
