@@ -7,6 +7,7 @@ import math
 import re
 import shlex
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -14,10 +15,19 @@ from typing import Any, TypeGuard
 import numpy as np
 from ase import Atoms
 from ase.io.espresso import kspacing_to_grid
-from ase.io.formats import ioformats
+from ase.io.formats import UnknownFileTypeError, ioformats
 from ase.neighborlist import neighbor_list
 
 from mlip_autopipec.errors import Diagnostic, RecipeError
+from mlip_autopipec.oracle.ladder import (
+    DEFAULT_LADDERS,
+    PW_DEFAULTS,
+    STARTINGPOT_KEY,
+    apply_step,
+    base_params,
+    nest_input,
+    validate_ladders,
+)
 from mlip_autopipec.recipe import namelists, pseudo
 from mlip_autopipec.recipe._yaml import Path_, Positions, YamlLoadError, load_yaml
 from mlip_autopipec.recipe.model import Recipe
@@ -90,13 +100,78 @@ def _check_cell(c: _Checker, path: Path_, what: str, atoms: Atoms, min_distance:
             )
 
 
+_OUR_INDEX_ERRORS = re.compile(r"^index .* (is out of range: the file has|selects no frame)")
+_LINE = re.compile(r"\bline\s+(\d+)", re.IGNORECASE)
+
+
+def _read_failure(shown: str, fmt: str | None, exc: BaseException) -> str:
+    """Why ASE could not read a structure file, without a word of the file's content.
+
+    ASE readers put the offending line (or a whole record) into their exceptions; the file
+    may be anything the recipe names (``/etc/passwd``, ``/proc/self/environ``), so only the
+    exception class and a line number pass through.
+    """
+    if isinstance(exc, UnknownFileTypeError):
+        return (
+            f"ASE cannot tell the format of {shown!r} from its name or first bytes; set "
+            "format: (e.g. extxyz, cif, vasp, espresso-in)"
+        )
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{shown!r} is not text (byte {exc.start} is not UTF-8): a binary file?"
+    m = _LINE.search(str(exc))
+    where = f" near line {m.group(1)}" if m else ""
+    reader = f"ASE's '{fmt}' reader" if fmt else "ASE (format guessed from the file name)"
+    return (
+        f"{reader} cannot parse {shown!r}{where} ({type(exc).__name__}): expected a "
+        "structure file in that format; its content is not shown"
+    )
+
+
+def _supercell_factor(sc: Any) -> int:
+    """How many copies of the cell a ``supercell`` spec makes (0 for a singular matrix)."""
+    if sc and isinstance(sc[0], list):
+        return round(abs(float(np.linalg.det(np.array(sc, dtype=float)))))
+    return int(np.prod([int(n) for n in sc])) if sc else 1
+
+
+def _file_problem(full: Path, shown: str, max_mb: float) -> str | None:
+    """Why a structure file must not be read (without opening it: a FIFO would block)."""
+    try:
+        info = full.stat()
+    except FileNotFoundError:
+        return f"structure file {shown!r} not found ({full})"
+    except OSError as exc:
+        return f"cannot access structure file {shown!r}: {exc.strerror or type(exc).__name__}"
+    if stat.S_ISDIR(info.st_mode):
+        return f"structure file {shown!r} is a directory"
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "not a regular file"
+        )
+        return f"structure file {shown!r} is {kind}, not a regular file: give a file on disk"
+    if info.st_size > max_mb * 1e6:
+        return (
+            f"structure file {shown!r} is {info.st_size / 1e6:.1f} MB, above limits.max_file_mb "
+            f"({max_mb:g} MB); raise limits.max_file_mb if it really is a structure file"
+        )
+    return None
+
+
 def _check_structures(
-    c: _Checker, entries: list[dict[str, Any]], min_distance: float
+    c: _Checker, entries: list[dict[str, Any]], min_distance: float, limits: dict[str, Any]
 ) -> dict[str, list[int]] | None:
     """Elements -> indices of the entries using them; None if some entry failed."""
     elements: dict[str, list[int]] = {}
     ok = True
     total = 0
+    total_atoms = 0
+    max_atoms = int(limits["max_atoms"])
     for i, entry in enumerate(entries):
         path: Path_ = ("structures", i)
         if "bulk" in entry:
@@ -105,8 +180,23 @@ def _check_structures(
                 c.add((*path, "strain", "min"), "strain.min is larger than strain.max")
                 ok = False
                 continue
+            spec = entry["bulk"]
             try:
-                base = bulk_base(entry["bulk"])
+                # count the atoms before building: make_supercell of [[400,0,0],...] would
+                # allocate 10^8 atoms
+                unit = bulk_base({**spec, "supercell": [1, 1, 1]})
+                n_atoms = len(unit) * _supercell_factor(spec.get("supercell", [1, 1, 1]))
+                if n_atoms > max_atoms:
+                    where = (*path, "bulk", "supercell") if "supercell" in spec else (*path, "bulk")
+                    c.add(
+                        where,
+                        f"this cell has {n_atoms} atoms, above limits.max_atoms ({max_atoms}); "
+                        "pw.x labels of cells this large take days: use a smaller supercell, "
+                        "or raise limits.max_atoms if intended",
+                    )
+                    ok = False
+                    continue
+                base = bulk_base(spec)
             except Exception as exc:  # ASE raises many types for impossible crystals
                 c.add((*path, "bulk"), f"ase.build.bulk cannot build this: {_short(exc)}", key=True)
                 ok = False
@@ -120,15 +210,13 @@ def _check_structures(
             c.cells.append((f"structures[{i}]", base))
             count = len(strains(entry)) * (1 + (entry.get("rattle") or {}).get("count", 0))
             total += count
+            total_atoms += count * len(base)
         else:
             file = Path(entry["file"]).expanduser()
             full = file if file.is_absolute() else c.base_dir / file
-            if not full.exists():
-                c.add((*path, "file"), f"structure file {entry['file']!r} not found ({full})")
-                ok = False
-                continue
-            if full.is_dir():
-                c.add((*path, "file"), f"structure file {entry['file']!r} is a directory")
+            problem = _file_problem(full, entry["file"], float(limits["max_file_mb"]))
+            if problem:
+                c.add((*path, "file"), problem)
                 ok = False
                 continue
             fmt = entry.get("format")
@@ -140,16 +228,29 @@ def _check_structures(
             try:
                 frames = c.frames[i] = read_frames(entry, c.base_dir)
             except IndexError as exc:
-                where = (*path, "index") if "index" in entry else (*path, "file")
-                c.add(where, _short(exc))
                 ok = False
+                if _OUR_INDEX_ERRORS.match(str(exc)):
+                    where = (*path, "index") if "index" in entry else (*path, "file")
+                    c.add(where, _short(exc))
+                else:
+                    c.add((*path, "file"), _read_failure(entry["file"], fmt, exc))
                 continue
             except Exception as exc:  # ASE readers raise anything from ValueError to KeyError
-                c.add((*path, "file"), f"ASE cannot read {entry['file']!r}: {_short(exc)}")
+                c.add((*path, "file"), _read_failure(entry["file"], fmt, exc))
                 ok = False
                 continue
             built = []
             total += len(frames)
+            big = [(n, len(a)) for n, a in frames if len(a) > max_atoms]
+            if big:
+                c.add(
+                    (*path, "file"),
+                    f"frame {big[0][0]} of {entry['file']!r} has {big[0][1]} atoms, above "
+                    f"limits.max_atoms ({max_atoms}); raise limits.max_atoms if intended",
+                )
+                ok = False
+                continue
+            total_atoms += sum(len(a) for _, a in frames)
             for n, atoms in frames:
                 _check_cell(
                     c, (*path, "file"), f"frame {n} of {entry['file']!r}", atoms, min_distance
@@ -160,6 +261,15 @@ def _check_structures(
             for symbol in set(atoms.get_chemical_symbols()):
                 if i not in elements.setdefault(symbol, []):
                     elements[symbol].append(i)
+    if total_atoms > int(limits["max_total_atoms"]):
+        c.add(
+            ("structures",),
+            f"the structures have {total_atoms} atoms in all (strains and rattled copies "
+            f"included), above limits.max_total_atoms ({limits['max_total_atoms']}); raise "
+            "limits.max_total_atoms if intended",
+            key=True,
+        )
+        ok = False
     if total > MANY_STRUCTURES:
         c.add(
             ("structures",),
@@ -476,6 +586,51 @@ def _check_ladders(c: _Checker, oracle: dict[str, Any]) -> None:
                         c.add(path, problem)
 
 
+def _check_ladders_would_run(c: _Checker, oracle: dict[str, Any]) -> None:
+    """What the oracle would refuse in ``run``, found now: the oracle's own checks.
+
+    ``validate_ladders`` is what ``EspressoOracle`` calls when the run starts; ``apply_step``
+    is what the planner calls on a failed attempt. A ``scale`` of a key the recipe does not
+    set and pw.x has no usable default for (``system.nbnd``) raises there, mid-run, on the
+    first structure that fails that way: here it is an error at the step.
+    """
+    retry = oracle.get("retry")
+    ladders = retry.get("ladders") if isinstance(retry, dict) else None
+    if not isinstance(ladders, dict) or not ladders:
+        return
+    where: Path_ = ("oracle", "retry", "ladders")
+    merged = {**DEFAULT_LADDERS, **ladders}
+    for problem in validate_ladders(merged):
+        cls = problem.split(".")[2].split("[")[0].split(":")[0] if "." in problem else ""
+        c.add((*where, cls) if cls in ladders else where, problem)
+    effective = copy.deepcopy(oracle)
+    system = effective.setdefault("input_data", {}).setdefault("system", {})
+    if _real(system.get("ecutwfc")):
+        system.setdefault("ecutrho", _ECUTRHO_FACTOR_DEFAULT * float(system["ecutwfc"]))
+    base = base_params(effective)
+    for cls, steps in ladders.items():
+        for k, step in enumerate(steps):
+            for key in step.get("scale") or {}:
+                if key in base or PW_DEFAULTS.get(key) is not None:
+                    continue
+                section, name = key.split(".", 1)
+                c.add(
+                    (*where, cls, k, "scale", key),
+                    f"cannot scale {key}: the recipe does not set it and its pw.x default "
+                    f"depends on the system; set oracle.input_data.{section}.{name} (the "
+                    "value to scale) or use set: with the value wanted",
+                    key=True,
+                )
+            try:
+                params = apply_step(base, step)
+            except (ValueError, TypeError, KeyError) as exc:
+                if not step.get("scale"):
+                    c.add((*where, cls, k), f"this step cannot be applied: {exc}")
+                continue
+            for problem in namelists.check_namelists(nest_input(params), allow={STARTINGPOT_KEY}):
+                c.add((*where, cls, k), f"this step would give pw.x {problem}")
+
+
 def _check_command(c: _Checker, oracle: dict[str, Any]) -> None:
     command = oracle.get("command", "pw.x")
     try:
@@ -523,7 +678,7 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
             Diagnostic(display, 1, 1, "empty recipe: expected a mapping with 'structures', ...")
         ], None
     if not isinstance(raw, dict):
-        kind = "a list" if isinstance(raw, list) else f"a {type(raw).__name__} ({raw!r:.40})"
+        kind = "a list" if isinstance(raw, list) else f"a single {type(raw).__name__} value"
         line, col = pos.at(())
         message = f"a recipe is a mapping (name:, structures:, oracle:, ...), not {kind}"
         return [Diagnostic(display, line, col, message)], None
@@ -544,7 +699,12 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         min_distance = oracle_raw.get("min_distance", 0.5)
         if not isinstance(min_distance, int | float) or isinstance(min_distance, bool):
             min_distance = 0.5
-        elements = _check_structures(c, data["structures"], float(min_distance))
+        limits = raw.get("limits") if "limits" not in bad else None
+        limits = fill_defaults(
+            copy.deepcopy(limits) if isinstance(limits, dict) else {},
+            schema["properties"]["limits"],
+        )
+        elements = _check_structures(c, data["structures"], float(min_distance), limits)
     if elements is not None:
         _check_kspacing(c, oracle_raw)
     if elements is not None and "trainer" not in bad:
@@ -553,6 +713,7 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         fill_defaults(data["oracle"], schema["properties"]["oracle"])
         _check_pseudopotentials(c, data["oracle"], elements)
         _check_command(c, data["oracle"])
+        _check_ladders_would_run(c, data["oracle"])
         _check_kgrid_consistency(c, data["structures"], data["oracle"])
     all_diags = sorted(set(diags) | set(c.out))
     if any(d.severity == "error" for d in all_diags) or elements is None:
