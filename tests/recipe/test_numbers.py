@@ -170,3 +170,20 @@ def test_element_without_entry_lists_its_files_or_sources(tmp_path: Path) -> Non
     xe = next(e for e in errors if "'Xe'" in e)
     assert "files for C found: C." in c_err
     assert "SSSP" in xe and "Si." not in xe.split("(used by")[1]
+
+
+def test_very_expensive_labels_are_a_warning(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "structures:\n"
+        "  - bulk: {element: Si, crystal: diamond, a: 5.43, cubic: true, supercell: [2, 2, 2]}\n"
+        f"oracle:\n  pseudopotentials: {{Si: {SI_PP}}}\n  kspacing: 0.01\n"
+        "  input_data: {system: {ecutwfc: 40}}\n"
+    )
+    diags = check_recipe(p)
+    costly = [str(d) for d in diags if "atom·k-points" in d.message]
+    assert len(costly) == 1 and f"{p}:5:13: warning: " in costly[0], costly
+    assert "(Si64, 64 atoms) gets a 10x10x10 k-point grid at ecutwfc 40 Ry" in costly[0]
+    assert not [d for d in diags if d.severity == "error"]
+    p.write_text(p.read_text().replace("kspacing: 0.01", "kspacing: 0.2"))
+    assert not [d for d in check_recipe(p) if "atom·k-points" in d.message]

@@ -435,6 +435,15 @@ _SEMANTIC_CHECKS = (
     "`calculation` other than `scf`, ...) are refused in every spelling;",
     "`ecutrho` > `ecutwfc` (a warning below 4 × `ecutwfc`); retry `match` is a regular expression;",
     "atoms closer than `oracle.min_distance` are a warning (those structures are quarantined);",
+    "no number is `.nan`/`.inf`; integers are written as integers (`3`, not `3.0`);",
+    "structure files are regular files (not FIFOs, devices or directories) within "
+    "`limits.max_file_mb`; no structure has more than `limits.max_atoms` atoms (counted "
+    "before a supercell is built), all together at most `limits.max_total_atoms`; a file "
+    "ASE cannot parse is named with its reader and line, never its content;",
+    "a `kspacing` above 1 or below 0.01 gets its unit explained with the grid each cell "
+    "would get; a label above 20 000 atom·k-points (scaled by (ecutwfc/30 Ry)^1.5) is a warning;",
+    "every retry step can be applied to the recipe (a `scale` needs a value: set in the "
+    "recipe or a pw.x default);",
     "a `oracle.command` not on PATH is a warning.",
 )
 

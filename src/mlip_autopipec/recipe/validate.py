@@ -405,6 +405,42 @@ def _check_kspacing(c: _Checker, oracle: dict[str, Any]) -> None:
         )
 
 
+#: Atoms × k-points (full Monkhorst-Pack grid) × (ecutwfc / 30 Ry)^1.5 above which one label
+#: is very expensive: a 2-atom Si cell at kspacing 0.15 and 30 Ry is 54; 20 000 is a
+#: 64-atom cell with a 7x7x7 grid, hours of pw.x on a few cores.
+COSTLY_LABEL = 20_000
+
+
+def _check_cost(c: _Checker, oracle: dict[str, Any]) -> None:
+    """Warn about labels whose size (atoms × k-points × cutoff) makes pw.x very slow."""
+    kspacing, kpts = oracle.get("kspacing"), oracle.get("kpts")
+    ecutwfc = (oracle.get("input_data") or {}).get("system", {}).get("ecutwfc", 30)
+    if not _real(ecutwfc) or ecutwfc <= 0:
+        return
+    worst: tuple[float, str, Atoms, str] | None = None
+    for label, atoms in c.cells:
+        if atoms.cell.rank != 3:
+            continue
+        if isinstance(kpts, list) and all(isinstance(k, int) for k in kpts) and len(kpts) == 3:
+            grid = [int(k) for k in kpts]
+        elif _real(kspacing) and 0.01 <= kspacing <= 10:
+            grid = [int(g) for g in kspacing_to_grid(atoms, kspacing)]
+        else:
+            return
+        cost = len(atoms) * float(np.prod(grid)) * (float(ecutwfc) / 30.0) ** 1.5
+        if cost > COSTLY_LABEL and (worst is None or cost > worst[0]):
+            worst = (cost, label, atoms, "x".join(map(str, grid)))
+    if worst is not None:
+        cost, label, atoms, grid_text = worst
+        c.add(
+            ("oracle", "kpts") if kpts is not None else ("oracle", "kspacing"),
+            f"{label} ({atoms.get_chemical_formula()}, {len(atoms)} atoms) gets a {grid_text} "
+            f"k-point grid at ecutwfc {ecutwfc:g} Ry: about {cost:,.0f} atom·k-points, a very "
+            f"expensive label (above {COSTLY_LABEL:,}); is the grid denser than needed?",
+            warning=True,
+        )
+
+
 def _non_finite(data: Any, path: Path_ = ()) -> list[tuple[Path_, float]]:
     """Every .nan/.inf in the loaded recipe, with its path."""
     if isinstance(data, float) and not math.isfinite(data):
@@ -714,6 +750,7 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         _check_pseudopotentials(c, data["oracle"], elements)
         _check_command(c, data["oracle"])
         _check_ladders_would_run(c, data["oracle"])
+        _check_cost(c, data["oracle"])
         _check_kgrid_consistency(c, data["structures"], data["oracle"])
     all_diags = sorted(set(diags) | set(c.out))
     if any(d.severity == "error" for d in all_diags) or elements is None:
