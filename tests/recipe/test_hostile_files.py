@@ -61,7 +61,7 @@ def test_parse_errors_never_show_the_file(tmp_path: Path, name: str, fmt: str | 
 
 def test_system_files_through_the_cli(tmp_path: Path) -> None:
     for target in ("/etc/passwd", "/proc/self/environ"):
-        for fmt in ("extxyz", "null", "cif"):
+        for fmt in ("extxyz", "null"):
             p = _recipe(tmp_path, f"{{file: {target}, format: {fmt}}}")
             r = _validate(p, env={"AUTOPIPEC_TEST_SECRET": MARK})
             assert r.returncode == 2, r.stderr
