@@ -267,7 +267,7 @@ def load_yaml(path: Path, display: str) -> tuple[Any, Positions]:
         except MarkedYAMLError as exc:
             raise _syntax_error(display, exc, text) from exc
         except YAMLError as exc:
-            raise _fail(display, 1, 1, f"YAML error: {exc}") from exc
+            raise _fail(display, 1, 1, f"YAML error ({type(exc).__name__})") from exc
         if node is None:
             raise _fail(display, 1, 1, "empty recipe: expected a mapping with 'structures', ...")
         _check_nodes(node, display)
@@ -276,7 +276,7 @@ def load_yaml(path: Path, display: str) -> tuple[Any, Positions]:
         except MarkedYAMLError as exc:
             raise _syntax_error(display, exc, text) from exc
         except (YAMLError, ValueError, TypeError) as exc:
-            raise _fail(display, 1, 1, f"YAML error: {exc}") from exc
+            raise _fail(display, 1, 1, f"YAML error ({type(exc).__name__})") from exc
     finally:
         sys.setrecursionlimit(limit)
     pos = Positions()

@@ -79,6 +79,43 @@ def close_names(entry: str, dirs: list[Path]) -> list[str]:
     return difflib.get_close_matches(Path(entry).name, sorted(names), n=2, cutoff=0.75)
 
 
+_NAME_ELEMENT = re.compile(r"^([A-Za-z]{1,2})(?=[._\-]|$)")
+
+
+def element_of(name: str) -> str | None:
+    """The element a pseudopotential file name starts with (``Si.pbe-...UPF`` -> ``Si``)."""
+    m = _NAME_ELEMENT.match(Path(name).name)
+    return m.group(1).capitalize() if m else None
+
+
+def files_for(symbol: str, dirs: list[Path]) -> list[str]:
+    """Pseudopotential files in ``dirs`` whose name says they are for ``symbol``."""
+    names: set[str] = set()
+    for d in dirs:
+        try:
+            names.update(
+                f.name
+                for f in d.iterdir()
+                if f.is_file()
+                and element_of(f.name) == symbol
+                and f.name.lower().endswith((".upf", ".upf.gz"))
+            )
+        except OSError:
+            continue
+    return sorted(names)
+
+
+def where_to_get(symbol: str) -> str:
+    """Where a pseudopotential for ``symbol`` comes from (never another element's file)."""
+    return (
+        f"none for {symbol} in the searched folders: download a UPF file for {symbol} "
+        "(SSSP: https://www.materialscloud.org/discover/sssp, PseudoDojo: "
+        "http://www.pseudo-dojo.org, or pslibrary), put it in a folder named by "
+        "oracle.pseudo_dir (or $ESPRESSO_PSEUDO) and name it under oracle.pseudopotentials; "
+        "use one family (same functional) for every element"
+    )
+
+
 @dataclass(frozen=True)
 class UpfHeader:
     """What the header of a UPF file says about itself."""

@@ -13,11 +13,12 @@ import copy
 import difflib
 import functools
 import json
+import math
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from mlip_autopipec.errors import Diagnostic
@@ -41,9 +42,38 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
+def _is_integer(_: Any, instance: Any) -> bool:
+    # JSON Schema counts 3.0 as an integer; a recipe's integers are written as integers
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_number(_: Any, instance: Any) -> bool:
+    # .nan passes every bound (all comparisons are false) and .inf means "no limit": neither
+    # is a number a recipe can mean
+    return (
+        isinstance(instance, int | float)
+        and not isinstance(instance, bool)
+        and math.isfinite(float(instance) if isinstance(instance, float) else 0.0)
+    )
+
+
+_RecipeValidator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}
+    ),
+)
+
+
 @functools.cache
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(load_schema())
+def _validator() -> Any:
+    return _RecipeValidator(load_schema())
+
+
+def non_finite_message(value: float) -> str:
+    """The one message for a .nan/.inf anywhere in a recipe."""
+    shown = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    return f"{shown} is not a finite number; give a value (every number in a recipe is finite)"
 
 
 def dotted(path: Sequence[str | int]) -> str:
@@ -148,8 +178,10 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
         known = list(schema.get("properties", {}))
         for key in inst:
             if key not in known:
-                hint = did_you_mean(key, known) or (
-                    f"; valid keys: {', '.join(known)}" if known else ""
+                hint = (
+                    _pw_variable_hint(key, path)
+                    or did_you_mean(key, known)
+                    or (f"; valid keys: {', '.join(known)}" if known else "")
                 )
                 yield _diag(
                     display, pos.at((*path, key), key=True), f"unknown key {key!r}{hint}", path
@@ -183,6 +215,17 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
         yield _diag(display, pos.at(path), err.message + hint, path)
         return
     message = x_error or err.message
+    if kind == "type" and isinstance(inst, float) and not math.isfinite(inst):
+        yield _diag(display, pos.at(path), non_finite_message(inst), path)
+        return
+    expected_types = err.validator_value if kind == "type" else None
+    if (
+        isinstance(inst, float)
+        and inst.is_integer()
+        and expected_types is not None
+        and "integer" in ([expected_types] if isinstance(expected_types, str) else expected_types)
+    ):
+        message = f"expected an integer, got {inst!r} (write {int(inst)}, without '.0')"
     if kind == "type" and isinstance(inst, dict | list):
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -191,6 +234,20 @@ def _explain(err: ValidationError, pos: Positions, display: str) -> Iterator[Dia
     if x_error and isinstance(inst, str | int | float):
         message = f"{inst!r}: {x_error}"
     yield _diag(display, pos.at(path), message, path)
+
+
+def _pw_variable_hint(key: str, path: Path_) -> str:
+    """Where a pw.x variable written at the wrong level of the recipe belongs."""
+    if tuple(path) not in ((), ("oracle",), ("oracle", "input_data")):
+        return ""
+    from mlip_autopipec.recipe.namelists import home_of  # namelists imports this module
+
+    if key in ("kspacing", "kpts", "pseudopotentials") or key.lower() in ("a", "b", "c"):
+        return ""
+    home = home_of(key)
+    if home is None:
+        return ""
+    return f": {key} is a pw.x &{home.upper()} variable, it belongs under oracle.input_data.{home}"
 
 
 def _explain_choice(
@@ -371,10 +428,22 @@ _SEMANTIC_CHECKS = (
     "every element of the structures has a pseudopotential that exists, is readable, and is "
     "for that element (a `.UPF.gz` is fine); a cutoff below the file's suggestion is a warning;",
     "`trainer.elements`, if given, equals the elements of the structures;",
-    "keys under `oracle.input_data` and in retry steps are pw.x keys of that namelist "
-    "(ASE's list), with a suggestion for typos; keys autopipec sets itself are refused;",
+    "keys under `oracle.input_data` and in retry steps are exact pw.x 6.7 variables of that "
+    "namelist (an integer index only on arrays, e.g. `Hubbard_U(1)`), with a suggestion for "
+    "typos; values are scalars of the variable's type, strings a plain word (no quotes, `/`, "
+    "`&`, `!`, `,`, newlines); keys autopipec sets itself (`outdir`, `prefix`, `max_seconds`, "
+    "`calculation` other than `scf`, ...) are refused in every spelling;",
     "`ecutrho` > `ecutwfc` (a warning below 4 × `ecutwfc`); retry `match` is a regular expression;",
     "atoms closer than `oracle.min_distance` are a warning (those structures are quarantined);",
+    "no number is `.nan`/`.inf`; integers are written as integers (`3`, not `3.0`);",
+    "structure files are regular files (not FIFOs, devices or directories) within "
+    "`limits.max_file_mb`; no structure has more than `limits.max_atoms` atoms (counted "
+    "before a supercell is built), all together at most `limits.max_total_atoms`; a file "
+    "ASE cannot parse is named with its reader and line, never its content;",
+    "a `kspacing` above 1 or below 0.01 gets its unit explained with the grid each cell "
+    "would get; a label above 20 000 atom·k-points (scaled by (ecutwfc/30 Ry)^1.5) is a warning;",
+    "every retry step can be applied to the recipe (a `scale` needs a value: set in the "
+    "recipe or a pw.x default);",
     "a `oracle.command` not on PATH is a warning.",
 )
 

@@ -14,6 +14,7 @@ always kept) -> ``rattle`` (copies of every strained cell).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from ase import Atoms
 from ase.build import bulk, make_supercell, molecule, surface
 from ase.collections import g2
 from ase.data import atomic_numbers
-from ase.io.formats import ioformats, string2index
+from ase.io.formats import UnknownFileTypeError, ioformats, string2index
 
 from mlip_autopipec.recipe.model import Recipe, SourcedAtoms
 
@@ -311,6 +312,32 @@ def read_frames(entry: dict[str, Any], base_dir: Path) -> list[tuple[int, Atoms]
     return out
 
 
+_LINE = re.compile(r"\bline\s+(\d+)", re.IGNORECASE)
+
+
+def _read_failure(shown: str, fmt: str | None, exc: BaseException) -> str:
+    """Why ASE could not read a structure file, without a word of the file's content.
+
+    ASE readers put the offending line (or a whole record) into their exceptions; the file
+    may be anything the recipe names (``/etc/passwd``, ``/proc/self/environ``), so only the
+    exception class and a line number pass through.
+    """
+    if isinstance(exc, UnknownFileTypeError):
+        return (
+            f"ASE cannot tell the format of {shown!r} from its name or first bytes; set "
+            "format: (e.g. extxyz, cif, vasp, espresso-in)"
+        )
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{shown!r} is not text (byte {exc.start} is not UTF-8): a binary file?"
+    m = _LINE.search(str(exc))
+    where = f" near line {m.group(1)}" if m else ""
+    reader = f"ASE's '{fmt}' reader" if fmt else "ASE (format guessed from the file name)"
+    return (
+        f"{reader} cannot parse {shown!r}{where} ({type(exc).__name__}): expected a "
+        "structure file in that format; its content is not shown"
+    )
+
+
 def _read(key: str, entry: dict[str, Any], read: Callable[[], list[tuple[int, Atoms]]]) -> Any:
     try:
         return read()
@@ -320,7 +347,7 @@ def _read(key: str, entry: dict[str, Any], read: Callable[[], list[tuple[int, At
     except EntryError:
         raise
     except Exception as exc:  # ASE readers raise anything from ValueError to KeyError
-        raise EntryError((key,), f"ASE cannot read {entry[key]!r}: {_short(exc)}") from exc
+        raise EntryError((key,), _read_failure(str(entry[key]), entry.get("format"), exc)) from exc
 
 
 def _file(i: int, entry: dict[str, Any], base_dir: Path) -> list[Base]:
