@@ -209,7 +209,9 @@ def train(ctx: RunContext) -> StageResult:
     try:
         with _graceful_signals() as received:
             try:
-                fit = fit_potential(atoms_list, ctx.recipe.trainer, workdir)
+                fit = fit_potential(
+                    atoms_list, ctx.recipe.trainer, workdir, initial_potential=_previous_fit(ctx)
+                )
             except TrainerError:
                 if received:
                     raise Interrupted(received[0]) from None
@@ -229,6 +231,16 @@ def train(ctx: RunContext) -> StageResult:
         f"forces train {_fmt(f.get('train'))} / test {_fmt(f.get('test'))} meV/Å"
     )
     return StageResult(TRAIN, 0, {"fitted": True, "potential": pid})
+
+
+def _previous_fit(ctx: RunContext) -> Path | None:
+    """The current potential's fit folder: a refit continues from it when
+    ``trainer.refit`` is ``continue`` and its settings match (the trainer decides)."""
+    current = ctx.store.current_potential()
+    if current is None or not current.get("fit_dir"):
+        return None
+    folder = ctx.run_dir / str(current["fit_dir"])
+    return folder if folder.is_dir() else None
 
 
 def record_fit(ctx: RunContext, fit: Any) -> int:
