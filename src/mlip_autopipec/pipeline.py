@@ -114,6 +114,18 @@ def run(
             except TrainerError as exc:
                 _say(f"autopipec: error: training failed, labels are kept: {exc}")
                 status = EXIT_FAILED
+        if (
+            stage == "all"
+            and recipe.data.get("active_learning")
+            and store.latest_potential() is not None
+        ):
+            from mlip_autopipec.explore.loop import run_from_pipeline
+
+            try:
+                run_from_pipeline(recipe, store, run_dir, pseudos, workers, _say)
+            except TrainerError as exc:
+                _say(f"autopipec: error: active-learning refit failed, labels are kept: {exc}")
+                status = EXIT_FAILED
         _write_report_safely(run_dir)
     return status
 
