@@ -230,6 +230,28 @@ def iteration_rows(store: Any) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def loop_summary(store: Any) -> dict[str, Any] | None:
+    """The loop's state for ``status --json`` and the report: position, outcome, and one
+    dict per iteration (the ``al_iterations`` columns); None when the run has no loop.
+    Read-only: creates nothing in a run without the loop's tables."""
+    exists = (
+        _conn(store)
+        .execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'al_state'")
+        .fetchone()
+    )
+    if exists is None or _get(store, "started") is None:
+        return None
+    iteration, stage = position(store)
+    outcome = _get(store, "outcome")
+    return {
+        "iteration": iteration,
+        "stage": stage,
+        "outcome": outcome,
+        "converged": bool(outcome and outcome.startswith("converged")),
+        "iterations": iteration_rows(store),
+    }
+
+
 def frame_states(store: Any, iteration: int) -> dict[str, int]:
     """Number of recorded frames of ``iteration`` per state."""
     rows = _conn(store).execute(
@@ -404,7 +426,11 @@ def _wall(store: Any) -> float:
 
 
 def explore_stage(ctx: RunContext) -> StageResult:
-    """Run every walker of the current iteration not yet recorded; record figures."""
+    """Run every walker of the current iteration not yet recorded; record figures.
+
+    Walkers finish in any order, so everything downstream reads frames ordered by
+    (walker, frame), never by row id: a resumed run decides exactly as an uninterrupted one.
+    """
     from mlip_autopipec.execution import local_executor
 
     iteration, _ = position(ctx.store)
@@ -511,7 +537,7 @@ def heldout_stage(ctx: RunContext, label_fn: LabelFn | None = None) -> StageResu
             int(r[0])
             for r in conn.execute(
                 "SELECT id FROM al_candidates WHERE iteration = ?"
-                " AND state IN ('explored', 'candidate') ORDER BY id",
+                " AND state IN ('explored', 'candidate') ORDER BY walker, frame",
                 (iteration,),
             )
         ]
@@ -523,7 +549,7 @@ def heldout_stage(ctx: RunContext, label_fn: LabelFn | None = None) -> StageResu
             )
     rows = conn.execute(
         "SELECT id, atoms, walker, frame FROM al_candidates WHERE iteration = ?"
-        " AND state = 'heldout' ORDER BY id",
+        " AND state = 'heldout' ORDER BY walker, frame",
         (iteration,),
     ).fetchall()
     held_dir = ctx.run_dir / HELDOUT_DIR
@@ -650,7 +676,7 @@ def select_stage(ctx: RunContext) -> StageResult:
     conn = _conn(ctx.store)
     rows = conn.execute(
         "SELECT id, atoms, energy, max_force, gamma, walker, condition, frame, potential"
-        " FROM al_candidates WHERE iteration = ? AND state = 'candidate' ORDER BY id",
+        " FROM al_candidates WHERE iteration = ? AND state = 'candidate' ORDER BY walker, frame",
         (iteration,),
     ).fetchall()
     atoms_list = [jsonio.decode(r[1]) for r in rows]
@@ -676,7 +702,7 @@ def select_stage(ctx: RunContext) -> StageResult:
             )
     chosen = conn.execute(
         "SELECT id, atoms, walker, condition, frame, gamma, potential FROM al_candidates"
-        " WHERE iteration = ? AND state = ? AND structure_id IS NULL ORDER BY id",
+        " WHERE iteration = ? AND state = ? AND structure_id IS NULL ORDER BY walker, frame",
         (iteration, SELECTED),
     ).fetchall()
     if chosen:

@@ -212,7 +212,7 @@ def run_walker(request: WalkerRequest) -> WalkerResult:
     with ``stop_reason="error"`` and the message (the loop records it; other walkers go on).
     """
     from ase.constraints import FixCom
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md import velocitydistribution as vd
 
     from mlip_autopipec.trainer.calculator import load_calculator
 
@@ -230,14 +230,16 @@ def run_walker(request: WalkerRequest) -> WalkerResult:
             import pyace  # noqa: F401 - imported here for its logging side effect only
 
         atoms.calc = load_calculator(Path(request.fit_dir), extrapolation=True)
-        MaxwellBoltzmannDistribution(
+        # thermalize_momenta is ASE >= 3.29's name for MaxwellBoltzmannDistribution.
+        thermalize = getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)
+        thermalize(
             atoms, temperature_K=request.temperature_K, rng=np.random.default_rng(request.seed)
         )
-        Stationary(atoms)
+        vd.Stationary(atoms)
         atoms.set_constraint(FixCom())
         with warnings.catch_warnings():
             # LangevinBAOAB reports its heuristic barostat mass as a UserWarning.
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings("ignore", "Using heuristic P_mass", UserWarning)
             dyn = make_dynamics(atoms, request)
         atoms.get_forces()
         for step in range(request.steps + 1):
