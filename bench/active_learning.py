@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from ase import Atoms
 from ase.build import bulk
 
@@ -41,7 +40,7 @@ TARGET_E, TARGET_F = 5.0, 150.0
 
 def _write_recipe(data: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(json.dumps(data, indent=2) + "\n")  # JSON is YAML
     return path
 
 
@@ -135,9 +134,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
+    from ruamel.yaml import YAML
+
     from mlip_autopipec.recipe import load_recipe
 
-    base = yaml.safe_load(args.recipe.read_text())
+    base = json.loads(json.dumps(YAML(typ="safe").load(args.recipe.read_text())))
     out = args.out.resolve()
     walls: dict[str, float] = {}
     runs: dict[str, Path] = {}
