@@ -48,8 +48,9 @@ def loop_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_64_atoms_1000K_5ps_no_collapse(loop_fit: Path) -> None:
     from ase import units
     from ase.build import bulk
+    from ase.constraints import FixCom
+    from ase.md import velocitydistribution as vd
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
     from mlip_autopipec.explore.md import min_distance_of
@@ -61,8 +62,14 @@ def test_64_atoms_1000K_5ps_no_collapse(loop_fit: Path) -> None:
     atoms.calc = calc
     e_crystal = atoms.get_potential_energy() / len(atoms)
     rng = np.random.default_rng(1000)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=1000, rng=rng)
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=1000, friction=0.01 / units.fs, rng=rng)
+    getattr(vd, "thermalize_momenta", vd.MaxwellBoltzmannDistribution)(
+        atoms, temperature_K=1000, rng=rng
+    )
+    vd.Stationary(atoms)
+    atoms.set_constraint(FixCom())
+    dyn = Langevin(
+        atoms, 2 * units.fs, temperature_K=1000, friction=0.01 / units.fs, fixcm=False, rng=rng
+    )
     epot, temps, dmin = [], [], []
 
     def watch() -> None:
