@@ -27,7 +27,6 @@ class Killed(BaseException):
 class Script:
     """Stage stand-ins that log (iteration, stage) and can die at the n-th stage run."""
 
-    stop_after: int = 2  # loop iterations after the seed
     kill_at: int | None = None
     calls: int = 0
 
@@ -43,13 +42,6 @@ class Script:
             return StageResult(name, 0, {"n": self.calls})
 
         return fn
-
-    def module(self) -> SimpleNamespace:
-        return SimpleNamespace(
-            explore=self.stage("explore"),
-            select=self.stage("select"),
-            should_stop=lambda ctx: ctx.iteration >= self.stop_after,
-        )
 
 
 @pytest.fixture
@@ -67,26 +59,6 @@ def _ctx(store: Store, run_dir: Path) -> RunContext:
     return RunContext(None, store, run_dir, None, {}, 1, lambda m: None)
 
 
-UNINTERRUPTED = [
-    (0, "build"),
-    (0, "label"),
-    (0, "train"),
-    *[(i, s) for i in (1, 2) for s in ("explore", "select", "label", "train")],
-    (2, "report"),
-]
-
-
-def test_loop_order(tmp_path: Path, scripted) -> None:
-    script = Script()
-    scripted(script)
-    with Store.open(tmp_path) as store:
-        assert pipeline.drive_loop(_ctx(store, tmp_path), script.module()) == 0
-        rows = store.loop_rows()
-    assert script.log == UNINTERRUPTED
-    assert [(r["iteration"], r["stage"]) for r in rows] == UNINTERRUPTED
-    assert all(r["finished"] is not None and r["status"] == 0 for r in rows)
-
-
 def test_one_shot_plans(tmp_path: Path, scripted) -> None:
     script = Script()
     scripted(script)
@@ -98,69 +70,6 @@ def test_one_shot_plans(tmp_path: Path, scripted) -> None:
         *("build", "label", "report"),
         *("build", "train", "report"),
     ]
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.integers(1, len(UNINTERRUPTED)), st.integers(0, 2))
-def test_a_killed_loop_resumes_where_it_stopped(tmp_path_factory, kill_at, second_kill) -> None:
-    """Kill at any stage run (twice), rerun: the stages that finished form exactly the
-    uninterrupted sequence, apart from the build/report every rerun does again."""
-    run_dir = tmp_path_factory.mktemp("loop")
-    done: list[tuple[int, str]] = []
-    kills = [kill_at, second_kill or None]
-    with pytest.MonkeyPatch.context() as mp:
-        for k in [*kills, None]:
-            script = Script(kill_at=k)
-            table = {n: script.stage(n) for n in ("build", "label", "train", "report")}
-            mp.setattr(stages, "STAGES", table)
-            mp.setattr(stages, "build", table["build"])
-            mp.setattr(stages, "report", table["report"])
-            with Store.open(run_dir) as store:
-                try:
-                    pipeline.drive_loop(_ctx(store, run_dir), script.module())
-                except Killed:
-                    pass
-            done.extend(script.log)
-    steps = [d for d in done if d[1] not in ("build", "report")]
-    assert steps == [d for d in UNINTERRUPTED if d[1] not in ("build", "report")]
-    assert done[-1] == (2, "report")
-
-
-@pytest.mark.parametrize(
-    ("rows", "expected"),
-    [
-        ([], (0, 0)),
-        ([{"iteration": 0, "stage": "build", "finished": 1.0}], (0, 0)),
-        ([{"iteration": 0, "stage": "label", "finished": None}], (0, 0)),
-        ([{"iteration": 0, "stage": "label", "finished": 1.0}], (0, 1)),
-        ([{"iteration": 0, "stage": "train", "finished": 1.0}], (0, 2)),
-        ([{"iteration": 3, "stage": "select", "finished": None}], (3, 1)),
-        (
-            [
-                {"iteration": 3, "stage": "train", "finished": 1.0},
-                {"iteration": 3, "stage": "report", "finished": 1.0},
-            ],
-            (3, 4),
-        ),
-    ],
-)
-def test_resume_point(rows, expected) -> None:
-    assert pipeline.resume_point(rows) == expected
-
-
-def test_a_failed_fit_stops_the_loop(tmp_path: Path, scripted) -> None:
-    script = Script()
-    scripted(script)
-    failing = stages.STAGES["train"]
-
-    def train(ctx: RunContext) -> StageResult:
-        failing(ctx)
-        return StageResult("train", 1 if ctx.iteration == 1 else 0)
-
-    stages.STAGES["train"] = train
-    with Store.open(tmp_path) as store:
-        assert pipeline.drive_loop(_ctx(store, tmp_path), script.module()) == 1
-    assert script.log[-2:] == [(1, "train"), (1, "report")]
 
 
 # -- when a fit is due -----------------------------------------------------------------

@@ -18,7 +18,6 @@ the bookkeeping in ``lifecycle``; where work runs in ``execution``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -27,7 +26,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TextIO
 
 from mlip_autopipec import stages
@@ -45,14 +43,6 @@ PLANS: dict[str, tuple[str, ...]] = {
     "label": (stages.BUILD, stages.LABEL, stages.REPORT),
     "train": (stages.BUILD, stages.TRAIN, stages.REPORT),
 }
-
-#: The stages of one loop iteration: the seed (iteration 0) and every later one.
-SEED = (stages.LABEL, stages.TRAIN)
-ITERATION = (stages.EXPLORE, stages.SELECT, stages.LABEL, stages.TRAIN)
-
-#: The module of the active-learning stages: ``explore(ctx)``, ``select(ctx)`` (each
-#: returning a StageResult) and the stop rule ``should_stop(ctx) -> bool``.
-LOOP_MODULE = "mlip_autopipec.explore.loop"
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -94,7 +84,7 @@ def run(
     moved = prepare_run_dir(run_dir, recipe, fresh=fresh)
     if moved is not None:
         _say(f"autopipec: the previous run was moved to {moved}")
-    loop = _loop_module(recipe) if stage == "all" else None
+    loop = stage == "all" and bool(recipe.data.get("active_learning"))
     with RunLock(run_dir), Store.open(run_dir) as store:
         pseudos = resolve_pseudopotentials(recipe, run_dir / "pseudo")
         execution = recipe.execution
@@ -103,8 +93,8 @@ def run(
         )
         with OnDemandExecutor(lambda: make_executor(execution, n_workers, run_dir=run_dir)) as ex:
             ctx = RunContext(recipe, store, run_dir, ex, pseudos, n_workers, _say)
-            if loop is not None:
-                return drive_loop(ctx, loop)
+            if loop:
+                return drive_active_learning(ctx)
             return drive(ctx, PLANS[stage])
 
 
@@ -168,60 +158,45 @@ def drive(ctx: RunContext, plan: Sequence[str]) -> int:
     return status
 
 
-def _loop_module(recipe: Recipe) -> ModuleType | None:
-    """The active-learning stages when the recipe has an ``active_learning`` section."""
-    if not recipe.data.get("active_learning"):
-        return None
+def drive_active_learning(ctx: RunContext) -> int:
+    """The seed (build -> label -> train), then the active-learning loop of
+    :func:`mlip_autopipec.explore.loop.run_loop` (explore -> held-out -> check -> select ->
+    label -> train, resumable from its own tables) with this run's label and train stages
+    and executor, then the report. Returns the worst status."""
+    from mlip_autopipec.errors import EXIT_FAILED, TrainerError
+    from mlip_autopipec.explore.loop import position, run_loop
+
+    status = drive(ctx, (stages.BUILD, stages.LABEL, stages.TRAIN))
+    if ctx.store.current_potential() is None:
+        ctx.say("autopipec: active learning needs a seed potential; the seed fit did not run")
+        return max(status, EXIT_FAILED, run_stage(ctx, stages.REPORT, stages.report).status)
+
+    def sub(recipe: Any, store: Any, run_dir: Path) -> RunContext:
+        # the held-out frames are labelled in their own store: same executor, same recipe
+        it = position(ctx.store)[0]
+        return RunContext(
+            recipe, store, Path(run_dir), ctx.executor, ctx.pseudos, ctx.workers, ctx.say, it
+        )
+
+    def label_fn(recipe: Any, store: Any, run_dir: Path, pseudos: Any, workers: Any) -> Any:
+        return stages.label(sub(recipe, store, run_dir)).details.get("counts")
+
+    def train_fn(recipe: Any, store: Any, run_dir: Path) -> Any:
+        result = stages.train(sub(recipe, store, run_dir))
+        if result.status != EXIT_OK:
+            raise TrainerError(str(result.details.get("error", "the refit failed")))
+        return result.details
+
     try:
-        module = importlib.import_module(LOOP_MODULE)
-    except ImportError as exc:
-        raise UsageError(
-            f"{recipe.path}: active_learning: this installation has no active-learning "
-            f"stages ({LOOP_MODULE}: {exc})"
-        ) from exc
-    missing = [n for n in ("explore", "select", "should_stop") if not hasattr(module, n)]
-    if missing:
-        raise UsageError(f"active_learning: {LOOP_MODULE} lacks {', '.join(missing)}")
-    return module
-
-
-def resume_point(rows: Sequence[dict[str, Any]]) -> tuple[int, int]:
-    """(iteration, index of the next stage in that iteration's sequence) from the stored
-    stage rows; the index may equal the sequence length (the iteration is complete: check
-    the stop rule next). ``build`` and ``report`` rows do not count: they run every time."""
-    steps = [r for r in rows if r["stage"] not in (stages.BUILD, stages.REPORT)]
-    if not steps:
-        return 0, 0
-    last = steps[-1]
-    iteration = int(last["iteration"])
-    sequence = SEED if iteration == 0 else ITERATION
-    index = sequence.index(last["stage"]) if last["stage"] in sequence else len(sequence) - 1
-    if last["finished"] is None:
-        return iteration, index  # killed inside this stage: run it again
-    return iteration, index + 1
-
-
-def drive_loop(ctx: RunContext, loop: ModuleType) -> int:
-    """Seed, then explore -> select -> label -> train until ``loop.should_stop(ctx)``;
-    resumes at the stage and iteration the store records. Returns the worst status."""
-    table: dict[str, Stage] = {**stages.STAGES, stages.EXPLORE: loop.explore}
-    table[stages.SELECT] = loop.select
-    iteration, index = resume_point(ctx.store.loop_rows())
-    ctx.iteration = iteration
-    status = run_stage(ctx, stages.BUILD, stages.build).status
-    while True:
-        sequence = SEED if ctx.iteration == 0 else ITERATION
-        for name in sequence[index:]:
-            result = run_stage(ctx, name, table[name])
-            status = max(status, result.status)
-            if name == stages.TRAIN and result.status != EXIT_OK:
-                ctx.say("autopipec: the loop stops: the fit of this iteration failed")
-                return max(status, run_stage(ctx, stages.REPORT, stages.report).status)
-        if loop.should_stop(ctx):
-            break
-        ctx.iteration += 1
-        index = 0
-        ctx.say(f"autopipec: active learning: iteration {ctx.iteration}")
+        outcome = run_loop(ctx, label_fn, train_fn)
+    except TrainerError as exc:
+        ctx.say(f"autopipec: the loop stops: the fit of this iteration failed ({exc})")
+        status = max(status, EXIT_FAILED)
+    else:
+        ctx.say(
+            f"autopipec: active learning: {outcome.reason} after {outcome.iterations} "
+            f"iteration(s), {outcome.pwx_calls} pw.x calls"
+        )
     return max(status, run_stage(ctx, stages.REPORT, stages.report).status)
 
 
