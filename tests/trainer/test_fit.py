@@ -217,7 +217,7 @@ def test_refit_continues_from_the_previous_potential(fitted_run, si_dataset, tmp
     assert settings_fingerprint(same) == first.settings_fingerprint
     cont = fit_potential(
         si_dataset,
-        same | {"max_epochs": SMALL_FIT["max_epochs"]},
+        same | {"max_epochs": SMALL_FIT["max_epochs"], "refit": "continue"},
         tmp_path / "cont",
         initial_potential=first.workdir,
     )
@@ -228,6 +228,8 @@ def test_refit_continues_from_the_previous_potential(fitted_run, si_dataset, tmp
     assert cont.loss_history[0] < 0.5 * first.loss_history[0]
     assert cont.loss_history[0] == pytest.approx(first.loss_history[-1], rel=0.3)
     # other settings: a fresh fit, and a note says why
-    fresh = fit_potential(si_dataset, cfg, tmp_path / "fresh", initial_potential=first.workdir)
+    fresh = fit_potential(
+        si_dataset, cfg | {"refit": "continue"}, tmp_path / "fresh", initial_potential=first.workdir
+    )
     assert fresh.initial_potential is None
     assert any("settings changed" in n for n in fresh.notes)
