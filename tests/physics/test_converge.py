@@ -109,7 +109,7 @@ def _two_cells_recipe(tmp_path: Path):
 
 
 @pytest.mark.pwx
-@pytest.mark.slow
+@pytest.mark.long
 @needs_pwx
 def test_quickstart_settings_agree_for_2_and_8_atom_cells(tmp_path: Path) -> None:
     """The issue's 202 meV/atom: the same diamond in two cells, quickstart settings."""
@@ -135,7 +135,7 @@ def test_quickstart_settings_agree_for_2_and_8_atom_cells(tmp_path: Path) -> Non
 
 
 @pytest.mark.pwx
-@pytest.mark.slow
+@pytest.mark.long
 @needs_pwx
 def test_quickstart_converges_its_own_cells(tmp_path: Path) -> None:
     recipe = load_recipe(QUICKSTART)

@@ -219,7 +219,7 @@ def test_fuzz_recipes(tmp_path: Path, data: dict[str, Any]) -> None:
     _check_one(tmp_path, data)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @settings(max_examples=1000, **_SETTINGS)  # type: ignore[arg-type]
 @given(mutated())
 def test_fuzz_recipes_long(tmp_path: Path, data: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ def test_pwx_refuses_an_unknown_variable(tmp_path: Path) -> None:
     assert _read_by_pwx(tmp_path, "electrons", "mixing_beta=0.3")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_every_whitelisted_variable_is_read_by_pwx(tmp_path: Path) -> None:
     refused = [
         f"{section}.{name}"
@@ -60,7 +60,7 @@ def test_every_whitelisted_variable_is_read_by_pwx(tmp_path: Path) -> None:
     assert refused == []
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_variables_refused_as_newer_are_unknown_to_pwx(tmp_path: Path) -> None:
     read = [
         f"{section}.{name}"

@@ -4,7 +4,7 @@ Labels the shipped recipes/si_quickstart.yaml with the real pw.x, fits it with t
 own trainer section, and compares a 9-point E-V curve (-5 % .. +5 % linear strain, pw.x at
 the recipe's oracle settings) with Birch-Murnaghan fits: lattice constant within 0.2 %, bulk
 modulus within 5 %. The helpers are bench/fit_quality.py's (which prints the same figures).
-Selected only by ``-m slow``: 1193 s on the shared 2-core machine at load ~11 (passed).
+Marked ``long`` (run with ``-m long``): 1193 s on the shared 2-core machine at load ~11 (passed).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from fit_quality import ace_ev, dft_ev, eos  # noqa: E402
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.long,
     pytest.mark.pacemaker,
     pytest.mark.pwx,
     needs_pacemaker,
@@ -31,14 +31,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def asked_for(request: pytest.FixtureRequest) -> None:
-    """Minutes of pw.x and pacemaker: only when the run selects slow tests (-m slow)."""
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("run with -m slow (labels 37 cells and fits to convergence)")
-
-
-def test_quickstart_equation_of_state_matches_dft(tmp_path: Path, asked_for: None):
+def test_quickstart_equation_of_state_matches_dft(tmp_path: Path):
     from mlip_autopipec.lifecycle.store import Store
     from mlip_autopipec.recipe.validate import load_recipe
     from mlip_autopipec.trainer import fit_potential

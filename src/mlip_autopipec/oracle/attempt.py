@@ -227,6 +227,10 @@ def _prepare(req: AttemptRequest) -> tuple[EspressoTemplate, EspressoProfile, st
     control = input_data.setdefault("control", {})
     control["outdir"] = OUTDIR
     control["prefix"] = PREFIX
+    # every label needs forces and stress: the tool owns these keys (the recipe cannot
+    # turn them off), also for configs that did not come through load_recipe
+    control["tprnfor"] = True
+    control["tstress"] = True
     if _smeared(input_data) and "verbosity" not in control:
         # occupations are printed only with verbosity='high': needed to see whether the
         # highest band is empty (too few bands); printing only, the numbers are unchanged
@@ -324,7 +328,7 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
         )
         return _result(req, bad, restart, **common)
     label, problem = complete_label(
-        props, len(req.atoms), stress_requested=_truthy(req.input_data, "control", "tstress")
+        props, len(req.atoms), stress_requested=True
     )
     if problem is not None:
         return _result(req, Diagnosis(FailureClass.INCOMPLETE_OUTPUT, problem), restart, **common)
