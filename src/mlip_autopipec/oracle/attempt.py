@@ -327,9 +327,7 @@ def run_attempt(request: AttemptRequest) -> AttemptResult:
             FailureClass.INCOMPLETE_OUTPUT, f"converged but the output cannot be parsed: {exc}"
         )
         return _result(req, bad, restart, **common)
-    label, problem = complete_label(
-        props, len(req.atoms), stress_requested=True
-    )
+    label, problem = complete_label(props, len(req.atoms), stress_requested=True)
     if problem is not None:
         return _result(req, Diagnosis(FailureClass.INCOMPLETE_OUTPUT, problem), restart, **common)
     occupation = common["printed"].get("highest_band_occupation")
