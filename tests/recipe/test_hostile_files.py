@@ -172,3 +172,28 @@ def test_frame_atoms_bound(tmp_path: Path) -> None:
     assert any(
         "frame 0 of 'si.extxyz' has 2 atoms, above limits.max_atoms (1)" in m for m in errors
     )
+
+
+def test_a_fifo_as_the_recipe_never_blocks(tmp_path: Path) -> None:
+    """validate on a FIFO without a writer: 'empty recipe' at once, not a hang in open();
+    with a writer (what ``<(cat recipe)`` is) it validates what the writer sends."""
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    r = subprocess.run(
+        [sys.executable, "-m", "mlip_autopipec", "validate", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 2 and "empty recipe" in r.stderr and "Traceback" not in r.stderr
+    shipped = Path(__file__).resolve().parents[2] / "recipes" / "si_quickstart.yaml"
+    r = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m mlip_autopipec validate <(cat "{shipped}")'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(": ok")

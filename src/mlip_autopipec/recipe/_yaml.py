@@ -10,6 +10,7 @@ loaded and converted to plain Python types plus a table of positions.
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,26 @@ def _fail(display: str, line: int, col: int, message: str) -> YamlLoadError:
     return YamlLoadError([Diagnostic(display, line, col, message)])
 
 
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path``. A FIFO (``<(cat recipe)``, ``mkfifo``) is opened
+    non-blocking, then read blocking: with a writer it reads what the writer sends, without
+    one it reads nothing at once (an empty recipe) instead of waiting forever in open()."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read_text(path: Path, display: str) -> str:
     if not path.exists():
         raise _fail(display, 1, 1, "no such file")
@@ -90,8 +111,7 @@ def _read_text(path: Path, display: str) -> str:
                 f"file is {size / 1e6:.1f} MB; a recipe is a small YAML file "
                 f"(limit {MAX_BYTES // 1000} kB) - is this a data file?",
             )
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_BYTES + 1)
+        raw = _read_bounded(path, MAX_BYTES + 1)
     except OSError as exc:
         raise _fail(display, 1, 1, f"cannot read: {exc.strerror or exc}") from exc
     if len(raw) > MAX_BYTES:  # grew after stat, or a special file
