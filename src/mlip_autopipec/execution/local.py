@@ -8,8 +8,11 @@ import shlex
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-#: MPI launchers whose rank count we understand (``-np N``, ``-n N``, ``--np N``, ``-c N``).
-MPI_LAUNCHERS = frozenset({"mpirun", "mpiexec", "mpiexec.hydra", "orterun", "srun", "aprun"})
+#: Programs recognised as MPI launchers at the start of ``oracle.command`` (the one list: the
+#: Parsl engine leaves such commands alone; ranks are read from ``-np N``, ``-n N``, ...).
+MPI_LAUNCHERS = frozenset(
+    {"mpirun", "mpiexec", "mpiexec.hydra", "orterun", "srun", "aprun", "jsrun"}
+)
 _RANK_FLAGS = ("-np", "-n", "--np", "--n", "-c", "--ntasks")
 
 

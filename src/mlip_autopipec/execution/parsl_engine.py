@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, UsageError
+from mlip_autopipec.execution.local import MPI_LAUNCHERS
 
 if TYPE_CHECKING:
     from parsl.config import Config
@@ -49,11 +50,6 @@ if TYPE_CHECKING:
 #: check works without importing Parsl.
 LOST_WORKER_ERRORS = frozenset({"ManagerLost", "WorkerLost"})
 
-#: Programs recognised as MPI launchers at the start of ``oracle.command``; such commands are
-#: left alone (the user already chose how to launch pw.x).
-MPI_LAUNCHERS = frozenset(
-    {"mpirun", "mpiexec", "orterun", "srun", "aprun", "jsrun", "mpiexec.hydra"}
-)
 
 #: OpenMPI reads these from the environment. Inside a pilot job Slurm grants one task per node
 #: (Parsl starts one worker pool per node), so OpenMPI counts one slot and ``mpirun -np 2`` fails
