@@ -158,3 +158,13 @@ def test_loop_summary_for_status(ci_run: dict[str, Any], tmp_path: Path) -> None
         assert loop_summary(plain) is None
         tables = plain._conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'al_%'")
         assert tables.fetchall() == []
+
+
+def test_status_carries_the_loop_state(ci_run: dict[str, Any]) -> None:
+    """status --json: iteration, stage, outcome and the per-iteration figures (issue 13)."""
+    from mlip_autopipec.lifecycle.status import render_table, status_json
+
+    data = status_json(ci_run["run_dir"])
+    al = data["active_learning"]
+    assert al["outcome"] and al["iterations"] and al["iteration"] >= 1
+    assert "active learning: iteration" in render_table(data)

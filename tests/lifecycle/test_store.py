@@ -246,3 +246,46 @@ def test_bulk_10k_is_fast(tmp_path):
     assert len(set(ids)) == 10_000
     assert time.perf_counter() - t < 10
     store.close()
+
+
+def test_status_says_whether_the_fit_converged(tmp_path):
+    """status --json carries the optimizer verdict the fit folder's potential.json recorded
+    (issue 11.4), and the table says NOT converged for a fit stopped by its iteration limit."""
+    import json
+
+    from mlip_autopipec.lifecycle.status import render_table
+
+    store = Store.open(tmp_path)
+    ids = [store.add_structure(scripted_atoms(i, []), "s") for i in range(3)]
+    for sid in ids:
+        _label(store, sid, -1.0 * sid)
+    fit_dir = tmp_path / "trainer" / "fit-001"
+    fit_dir.mkdir(parents=True)
+    (fit_dir / "potential.json").write_text(
+        json.dumps(
+            {
+                "converged": False,
+                "iterations": 20,
+                "status_message": "Maximum number of iterations has been exceeded.",
+                "notes": [],
+            }
+        )
+    )
+    store.record_potential(
+        path=fit_dir / "output_potential.yace",
+        metrics={"rmse_energy_mev_per_atom": {"train": 1.0}, "rmse_forces_mev_per_ang": {}},
+        baseline={"type": "none"},
+        pacemaker_version="0.4.0rc1",
+        train_ids=ids,
+        test_ids=[],
+        fit_dir="trainer/fit-001",
+    )
+    store.close()
+    data = status_json(tmp_path)
+    assert data["fit"] == {
+        "converged": False,
+        "iterations": 20,
+        "message": "Maximum number of iterations has been exceeded.",
+        "notes": [],
+    }
+    assert "optimizer: NOT converged after 20 iterations" in render_table(data)

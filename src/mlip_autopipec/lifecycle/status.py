@@ -56,6 +56,9 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
         ]
         current = store.current_potential()
         loop = store.loop_state()
+        from mlip_autopipec.explore.loop import loop_summary
+
+        active_learning = loop_summary(store)
     potential = None
     if current is not None:
         metrics = current["metrics"]
@@ -67,9 +70,35 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
             "n_test": current["n_test"],
         }
     data: dict[str, Any] = {"counts": counts, "structures": structures, "potential": potential}
+    fit = _fit_verdict(run_dir, current)
+    if fit is not None:
+        data["fit"] = fit
+    if active_learning is not None:
+        data["active_learning"] = active_learning
     if loop is not None and loop["iteration"] > 0:
         data["loop"] = {k: loop[k] for k in ("iteration", "stage", "finished", "status")}
     return data
+
+
+def _fit_verdict(run_dir: Path, current: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Whether the current potential's optimizer converged (its ``potential.json``, written
+    by fits that record it; None for older fits or none at all)."""
+    import json
+
+    if current is None or not current.get("fit_dir"):
+        return None
+    try:
+        record = json.loads((run_dir / str(current["fit_dir"]) / "potential.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "converged" not in record:
+        return None
+    return {
+        "converged": bool(record["converged"]),
+        "iterations": record.get("iterations"),
+        "message": record.get("status_message"),
+        "notes": list(record.get("notes") or []),
+    }
 
 
 def render_table(data: dict[str, Any]) -> str:
@@ -99,4 +128,14 @@ def render_table(data: dict[str, Any]) -> str:
             f"  test-set RMSE: energy {e_txt}, forces {f_txt} "
             f"({pot['n_train']} train / {pot['n_test']} test structures)"
         )
+    fit = data.get("fit")
+    if fit is not None:
+        verdict = "converged" if fit["converged"] else "NOT converged"
+        lines.append(
+            f"  optimizer: {verdict} after {fit['iterations']} iterations ({fit['message']})"
+        )
+    al = data.get("active_learning")
+    if al is not None:
+        state = al["outcome"] or f"running (stage {al['stage']})"
+        lines.append(f"active learning: iteration {al['iteration']}: {state}")
     return "\n".join(lines)
