@@ -582,6 +582,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "gamma_unavailable": gamma_reason,
         "caveats": caveats,
         "store_warning": foreign_tables_message(run_dir),
+        "active_learning": status.get("active_learning"),
     }
 
 
@@ -1162,6 +1163,37 @@ def _magnetism_html(data: dict[str, Any]) -> str:
     return _table(["id", "formula", "total magnetisation (μB/cell)"], rows)
 
 
+#: (column of ``al_iterations``, heading, format) shown per loop iteration
+_AL_COLUMNS = (
+    ("iteration", "iteration", ".0f"),
+    ("candidates", "candidates", ".0f"),
+    ("selected", "selected", ".0f"),
+    ("labelled", "labelled", ".0f"),
+    ("heldout_rmse_energy_mev_per_atom", "held-out E (meV/atom)", ".1f"),
+    ("heldout_rmse_forces_mev_per_ang", "held-out F (meV/Å)", ".0f"),
+    ("gamma_max", "max γ", ".3g"),
+    ("walkers_halted", "walkers halted", ".0f"),
+    ("survival_fs_mean", "mean MD survival (fs)", ".0f"),
+    ("pwx_calls_total", "pw.x calls so far", ".0f"),
+)
+
+
+def _active_learning_html(data: dict[str, Any]) -> str:
+    al = data.get("active_learning")
+    if not al:
+        return "<p>No active-learning loop in this run.</p>"
+    outcome = al.get("outcome") or f"running (iteration {al['iteration']}, stage {al['stage']})"
+    rows = []
+    for it in al.get("iterations") or []:
+        row = []
+        for key, _, fmt in _AL_COLUMNS:
+            value = it.get(key)
+            row.append((_e("") if value is None else _num(value, fmt), "num"))
+        rows.append(row)
+    table = _table([h for _, h, _ in _AL_COLUMNS], rows) if rows else ""
+    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}"
+
+
 def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
     """The self-contained page for :func:`collect` data and the drawn figures."""
     by_name = {f.name: f for f in figures}
@@ -1193,6 +1225,8 @@ def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
             figs("learning_curve.png"),
             "<h2>Errors</h2>",
             figs("error_histograms.png", "structure_errors.png"),
+            "<h2>Active learning</h2>",
+            _active_learning_html(data),
             "<h2>Energy-volume curves</h2>",
             figs("ev_curves.png"),
             "<h2>Extrapolation</h2>",

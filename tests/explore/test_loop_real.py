@@ -168,3 +168,15 @@ def test_status_carries_the_loop_state(ci_run: dict[str, Any]) -> None:
     al = data["active_learning"]
     assert al["outcome"] and al["iterations"] and al["iteration"] >= 1
     assert "active learning: iteration" in render_table(data)
+
+
+def test_report_has_a_row_per_loop_iteration(ci_run: dict[str, Any]) -> None:
+    """The report's active-learning section: the outcome and one row per iteration."""
+    from mlip_autopipec.report import collect, write_report
+
+    index = write_report(ci_run["run_dir"])
+    data = collect(ci_run["run_dir"])
+    html = index.read_text()
+    section = html.split("<h2>Active learning</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "Outcome:" in section and data["active_learning"]["outcome"] in section
+    assert section.count("<tr>") == 1 + len(data["active_learning"]["iterations"])
