@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -186,6 +187,12 @@ def train(ctx: RunContext) -> StageResult:
     from mlip_autopipec.oracle.theory import one_theory
 
     keys = {a.info.get("structure_id"): a.info.get("theory_key") for a in atoms_list}
+    known = Counter(k for k in keys.values() if k)
+    if known and None in keys.values():
+        # labels from before theory keys were recorded (a migrated v1 run): prepare_run_dir
+        # refused any physics change of the recipe since, so they share its base theory
+        base = known.most_common(1)[0][0]
+        keys = {sid: k or base for sid, k in keys.items()}
     atoms_list, left_out, key = one_theory(atoms_list, keys.get)
     if left_out:
         shown = ", ".join(map(str, left_out[:20])) + (" ..." if len(left_out) > 20 else "")
