@@ -59,7 +59,12 @@ KILL_POINTS: list[tuple[str, Probe]] = [
 def _run_until(run_dir: Path, probe: Probe | None, timeout: float = 600) -> int | None:
     """Run the loop; SIGKILL its process group once ``probe`` holds. None: it was killed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlip_autopipec", "run", str(CI_RECIPE), "--run-dir", str(run_dir)],
+        # one worker: walkers run one after another, so "a walker recorded, explore not
+        # finished" is a window the probe can hit (two parallel walkers finish together)
+        [
+            *(sys.executable, "-m", "mlip_autopipec", "run", str(CI_RECIPE)),
+            *("--run-dir", str(run_dir), "--workers", "1"),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
