@@ -185,7 +185,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from mlip_autopipec.lifecycle.export import foreign_tables_message
-    from mlip_autopipec.lifecycle.status import render_table, status_json
+    from mlip_autopipec.lifecycle.status import fit_verdict, render_table, status_json
 
     data = status_json(args.run_dir)
     foreign = foreign_tables_message(args.run_dir)
@@ -194,7 +194,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(render_table(data))
+        print(render_table(data, fit_verdict(args.run_dir)))
     return EXIT_OK
 
 

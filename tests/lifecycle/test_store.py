@@ -249,11 +249,11 @@ def test_bulk_10k_is_fast(tmp_path):
 
 
 def test_status_says_whether_the_fit_converged(tmp_path):
-    """status --json carries the optimizer verdict the fit folder's potential.json recorded
-    (issue 11.4), and the table says NOT converged for a fit stopped by its iteration limit."""
+    """The optimizer verdict the fit folder's potential.json recorded (issue 11.4): the status
+    table says NOT converged for a fit stopped by its iteration limit."""
     import json
 
-    from mlip_autopipec.lifecycle.status import render_table
+    from mlip_autopipec.lifecycle.status import fit_verdict, render_table
 
     store = Store.open(tmp_path)
     ids = [store.add_structure(scripted_atoms(i, []), "s") for i in range(3)]
@@ -281,11 +281,13 @@ def test_status_says_whether_the_fit_converged(tmp_path):
         fit_dir="trainer/fit-001",
     )
     store.close()
-    data = status_json(tmp_path)
-    assert data["fit"] == {
+    fit = fit_verdict(tmp_path)
+    assert fit == {
         "converged": False,
         "iterations": 20,
         "message": "Maximum number of iterations has been exceeded.",
         "notes": [],
     }
-    assert "optimizer: NOT converged after 20 iterations" in render_table(data)
+    data = status_json(tmp_path)
+    assert set(data) == {"counts", "structures", "potential"}  # --json keeps its keys
+    assert "optimizer: NOT converged after 20 iterations" in render_table(data, fit)

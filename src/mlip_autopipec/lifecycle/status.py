@@ -70,9 +70,6 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
             "n_test": current["n_test"],
         }
     data: dict[str, Any] = {"counts": counts, "structures": structures, "potential": potential}
-    fit = _fit_verdict(run_dir, current)
-    if fit is not None:
-        data["fit"] = fit
     if active_learning is not None:
         data["active_learning"] = active_learning
     if loop is not None and loop["iteration"] > 0:
@@ -80,11 +77,15 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
     return data
 
 
-def _fit_verdict(run_dir: Path, current: dict[str, Any] | None) -> dict[str, Any] | None:
+def fit_verdict(run_dir: Path | str) -> dict[str, Any] | None:
     """Whether the current potential's optimizer converged (its ``potential.json``, written
-    by fits that record it; None for older fits or none at all)."""
+    by fits that record it; None for older fits or none at all). Shown by the status table
+    and the report; ``status --json`` keeps its documented keys."""
     import json
 
+    run_dir = Path(run_dir)
+    with Store.open(run_dir, create=False) as store:
+        current = store.current_potential()
     if current is None or not current.get("fit_dir"):
         return None
     try:
@@ -101,8 +102,8 @@ def _fit_verdict(run_dir: Path, current: dict[str, Any] | None) -> dict[str, Any
     }
 
 
-def render_table(data: dict[str, Any]) -> str:
-    """A table for people from :func:`status_json` data."""
+def render_table(data: dict[str, Any], fit: dict[str, Any] | None = None) -> str:
+    """A table for people from :func:`status_json` data (and :func:`fit_verdict`)."""
     lines = ["  ".join(f"{s}: {data['counts'].get(s, 0)}" for s in STATES)]
     rows = [("id", "state", "attempts", "energy (eV)", "failure")]
     for s in data["structures"]:
@@ -128,7 +129,6 @@ def render_table(data: dict[str, Any]) -> str:
             f"  test-set RMSE: energy {e_txt}, forces {f_txt} "
             f"({pot['n_train']} train / {pot['n_test']} test structures)"
         )
-    fit = data.get("fit")
     if fit is not None:
         verdict = "converged" if fit["converged"] else "NOT converged"
         lines.append(
