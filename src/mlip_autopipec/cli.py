@@ -79,6 +79,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="move an existing run directory aside and start anew",
     )
     p.add_argument(
+        "--prune",
+        action="store_true",
+        help="leave structures no longer in the recipe out of labelling and training from "
+        "now on (kept in the store with their labels; back in the recipe, they are used again)",
+    )
+    p.add_argument(
         "--retry-failed",
         nargs="*",
         metavar="CLASS",
@@ -180,6 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stage=args.stage,
         dry_run=args.dry_run,
         fresh=args.fresh,
+        prune=args.prune,
     )
 
 

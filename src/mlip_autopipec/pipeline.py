@@ -62,8 +62,13 @@ def run(
     stage: str = "all",
     dry_run: bool = False,
     fresh: bool = False,
+    prune: bool = False,
 ) -> int:
     """Run (or resume) a recipe; returns the exit code (0 done, 1 finished with failures).
+
+    ``prune``: structures in the store that the recipe no longer builds are left out of
+    labelling and training from now on (kept, never deleted; see
+    :mod:`mlip_autopipec.lifecycle.prune`).
 
     Raises :class:`~mlip_autopipec.errors.RecipeError` for a bad recipe,
     :class:`~mlip_autopipec.errors.RunLockedError` when another runner holds the run
@@ -92,7 +97,7 @@ def run(
             workers or execution["workers"] or default_workers(recipe.oracle["command"])
         )
         with OnDemandExecutor(lambda: make_executor(execution, n_workers, run_dir=run_dir)) as ex:
-            ctx = RunContext(recipe, store, run_dir, ex, pseudos, n_workers, _say)
+            ctx = RunContext(recipe, store, run_dir, ex, pseudos, n_workers, _say, prune=prune)
             if loop:
                 return drive_active_learning(ctx)
             return drive(ctx, PLANS[stage])

@@ -456,6 +456,8 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         attempts = {r["id"]: store.attempts_of(r["id"]) for r in rows}
         latest = store.latest_potential()
         labelled = store.labelled_atoms() if latest is not None else []
+        magmoms = store.label_magmoms()
+        symbols = {sid: store.atoms_of(sid).get_chemical_symbols() for sid in magmoms}
     potential: dict[str, Any] | None = None
     parity: dict[str, Any] = {}
     parity_reason: str | None = None
@@ -507,6 +509,9 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         why = parity_reason or no_fit
         learning, (ev, ev_reason), (gamma, gamma_reason) = {}, ([], why), ({}, why)
     max_gamma = dict(zip(map(str, gamma.get("ids", [])), gamma.get("max_gamma", []), strict=True))
+    drift = status.get("not_in_recipe") or {}
+    pruned = set(drift.get("pruned") or ())
+    not_in_recipe = set(drift.get("used") or ())
     structures = []
     for r in rows:
         fclass, fmsg = _split_failure(r["failure"])
@@ -537,6 +542,11 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
                 "kgrid": list(final["kgrid"]) if ok and final and final.get("kgrid") else None,
                 "pwx_seconds": float(sum(walls)) if walls else None,
                 "total_magmom": _finite(final.get("total_magmom")) if ok and final else None,
+                "magmoms": magmoms.get(r["id"])
+                or (list(final["magmoms"]) if ok and final and final.get("magmoms") else None),
+                "symbols": symbols.get(r["id"]),
+                "not_in_recipe": r["id"] in not_in_recipe,
+                "pruned": r["id"] in pruned,
                 "theory_key": final.get("theory_key") if ok and final else None,
                 "max_gamma": max_gamma.get(str(r["id"])),
             }
@@ -548,6 +558,17 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
             f"{'s' if potential['n_test'] != 1 else ''}: its errors are a rough estimate. "
             f"Label more structures (or raise trainer.test_fraction) for at least "
             f"{MIN_TEST_STRUCTURES}."
+        )
+    if not_in_recipe:
+        caveats.append(
+            f"{len(not_in_recipe)} structure(s) in the store are no longer in the recipe and "
+            "are still labelled and trained on (marked 'not in recipe' below); "
+            "'autopipec run --prune' leaves them out of training, keeping their labels."
+        )
+    if pruned:
+        caveats.append(
+            f"{len(pruned)} structure(s) were pruned (not in the recipe; left out of training, "
+            "labels kept; marked 'pruned' below)."
         )
     if learning.get("converged") is False:
         caveats.append(
@@ -583,6 +604,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "caveats": caveats,
         "store_warning": foreign_tables_message(run_dir),
         "active_learning": status.get("active_learning"),
+        "not_in_recipe": {"used": sorted(not_in_recipe), "pruned": sorted(pruned)},
     }
 
 
@@ -1020,7 +1042,7 @@ def _structures_html(data: dict[str, Any]) -> str:
             (_e(s["id"]), "num"),
             (_e(s["source"]), ""),
             (_e(s["formula"]), ""),
-            (_e(s["state"]), ""),
+            (_e(_state_text(s)), ""),
             (_e(s["attempts"]), "num"),
             (_e(s["failure_class"]), ""),
             (_e(s["failure_message"]), ""),
@@ -1035,6 +1057,14 @@ def _structures_html(data: dict[str, Any]) -> str:
         ]
         rows.append(cells)
     return _table(headers, rows, [s["state"] for s in data["structures"]])
+
+
+def _state_text(s: dict[str, Any]) -> str:
+    if s.get("pruned"):
+        return f"{s['state']} (pruned)"
+    if s.get("not_in_recipe"):
+        return f"{s['state']} (not in recipe)"
+    return str(s["state"])
 
 
 def _ladder_html(data: dict[str, Any]) -> str:
@@ -1152,15 +1182,38 @@ def _timings_html(data: dict[str, Any]) -> str:
     )
 
 
+def _site_moments(s: dict[str, Any]) -> str:
+    """``Fe1 +2.31, Fe2 -2.30`` (per-site moments with their element and index)."""
+    moments = s.get("magmoms") or []
+    symbols = s.get("symbols") or []
+    if len(symbols) != len(moments):
+        symbols = [""] * len(moments)
+    pairs = zip(symbols, moments, strict=True)
+    return ", ".join(f"{el}{i} {m:+.2f}" for i, (el, m) in enumerate(pairs, 1))
+
+
 def _magnetism_html(data: dict[str, Any]) -> str:
-    magnetic = [s for s in data["structures"] if s.get("total_magmom") is not None]
+    magnetic = [
+        s
+        for s in data["structures"]
+        if s.get("total_magmom") is not None or s.get("magmoms") is not None
+    ]
     if not magnetic:
         return "<p>No magnetic moments recorded (a spin-unpolarised run, or an older one).</p>"
     rows = [
-        [(_e(s["id"]), "num"), (_e(s["formula"]), ""), (_num(s["total_magmom"], ".3f"), "num")]
+        [
+            (_e(s["id"]), "num"),
+            (_e(s["formula"]), ""),
+            (_num(s.get("total_magmom"), ".3f"), "num"),
+            (_num(sum(map(abs, s["magmoms"])) if s.get("magmoms") else None, ".2f"), "num"),
+            (_e(_site_moments(s)), "sites"),
+        ]
         for s in magnetic
     ]
-    return _table(["id", "formula", "total magnetisation (μB/cell)"], rows)
+    headers = [
+        "id", "formula", "total magnetisation (μB/cell)", "Σ|m| (μB)", "per-site moments (μB)",
+    ]  # fmt: skip
+    return _table(headers, rows)
 
 
 #: (column of ``al_iterations``, heading, format) shown per loop iteration

@@ -51,6 +51,8 @@ class RunContext:
     workers: int
     say: Callable[[str], None]
     iteration: int = 0
+    #: ``run --prune``: leave structures no longer in the recipe out (lifecycle/prune.py)
+    prune: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,14 @@ def build(ctx: RunContext) -> StageResult:
         f"autopipec: {ctx.recipe.name}: {len(structures)} structures in the recipe "
         f"({distinct} distinct), run directory {ctx.run_dir}"
     )
-    return StageResult(BUILD, 0, {"structures": len(structures), "distinct": distinct})
+    from mlip_autopipec.lifecycle.prune import messages, sync_with_recipe
+
+    sync = sync_with_recipe(ctx.store, ids, prune=ctx.prune)
+    for message in messages(sync):
+        ctx.say(f"autopipec: {message}")
+    details: dict[str, Any] = {"structures": len(structures), "distinct": distinct}
+    details.update({k: ids for k, ids in sync.details().items() if ids})
+    return StageResult(BUILD, 0, details)
 
 
 def recipe_origin(recipe: Any, item: Any) -> dict[str, Any]:
@@ -161,8 +170,11 @@ def _fit_due(ctx: RunContext) -> str | None:
     current = ctx.store.current_potential()
     if current is None:
         return "no potential yet"
-    if ctx.store.ids_in_state("labelled"):
+    pruned = ctx.store.pruned_ids()
+    if set(ctx.store.ids_in_state("labelled")) - pruned:
         return "new labels"
+    if pruned and pruned & set(ctx.store.potential_members(int(current["id"]))):
+        return "structures were pruned"
     settings = current.get("settings")
     if settings is None:
         # fitted before schema v2 recorded the settings: nothing to compare against
@@ -182,7 +194,8 @@ def train(ctx: RunContext) -> StageResult:
     if reason is None:
         ctx.say("autopipec: the current potential already covers every labelled structure")
         return StageResult(TRAIN, 0, {"fitted": False})
-    atoms_list = ctx.store.labelled_atoms()
+    pruned = ctx.store.pruned_ids()  # run --prune: labels kept, not trained on
+    atoms_list = [a for a in ctx.store.labelled_atoms() if a.info["structure_id"] not in pruned]
     # one level of theory per training set (oracle.theory_mismatch: exclude)
     from mlip_autopipec.oracle.theory import one_theory
 

@@ -536,7 +536,8 @@ def label_all(
     try:
         runner.resume()
         try:
-            counts = runner.run(store.ids_in_state(PENDING))
+            pruned = store.pruned_ids()  # run --prune: not in the recipe, not labelled
+            counts = runner.run([i for i in store.ids_in_state(PENDING) if i not in pruned])
         except Exception as exc:
             runner.abort(exc)
             raise

@@ -6,12 +6,15 @@
      "structures": [{"id", "state", "attempts", "failure", "energy_ev"}],
      "potential": null | {"path", "rmse_energy_mev_per_atom", "rmse_forces_mev_per_ang",
                           "n_train", "n_test"},
-     "loop": {"iteration", "stage", "finished", "status"}}   # only once iteration > 0
+     "loop": {"iteration", "stage", "finished", "status"},   # only once iteration > 0
+     "not_in_recipe": {"used": [id], "pruned": [id]}}        # only when there are any
 
 The potential is the store's current potential (the one ``load_calculator`` loads); its
 ``path`` is absolute (the store keeps it relative to the run directory). Its RMSE values
 are the TEST-set figures (structures held out of the fit). ``loop`` is the last stage run
-of an active-learning loop (absent for a one-shot run).
+of an active-learning loop (absent for a one-shot run). ``not_in_recipe``: structures of
+the store the recipe no longer builds (as of the last build stage), still labelled and
+trained on (``used``) or left out by ``run --prune`` (``pruned``; labels kept).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
         from mlip_autopipec.explore.loop import loop_summary
 
         active_learning = loop_summary(store)
+        not_in_recipe = recipe_drift(store)
     potential = None
     if current is not None:
         metrics = current["metrics"]
@@ -74,7 +78,23 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
         data["active_learning"] = active_learning
     if loop is not None and loop["iteration"] > 0:
         data["loop"] = {k: loop[k] for k in ("iteration", "stage", "finished", "status")}
+    if not_in_recipe is not None:
+        data["not_in_recipe"] = not_in_recipe
     return data
+
+
+def recipe_drift(store: Store) -> dict[str, list[int]] | None:
+    """``{"used": [...], "pruned": [...]}``: the store's structures the recipe no longer
+    builds (as its last build stage found), still trained on or pruned; None when none."""
+    pruned = sorted(store.pruned_ids())
+    used: list[int] = []
+    for row in reversed(store.loop_rows()):
+        if row["stage"] == "build" and row["details"] is not None:
+            used = [int(i) for i in row["details"].get("not_in_recipe") or [] if i not in pruned]
+            break
+    if not (used or pruned):
+        return None
+    return {"used": used, "pruned": pruned}
 
 
 def fit_verdict(run_dir: Path | str) -> dict[str, Any] | None:
@@ -106,9 +126,11 @@ def render_table(data: dict[str, Any], fit: dict[str, Any] | None = None) -> str
     """A table for people from :func:`status_json` data (and :func:`fit_verdict`)."""
     lines = ["  ".join(f"{s}: {data['counts'].get(s, 0)}" for s in STATES)]
     rows = [("id", "state", "attempts", "energy (eV)", "failure")]
+    pruned = set((data.get("not_in_recipe") or {}).get("pruned") or ())
     for s in data["structures"]:
         energy = "" if s["energy_ev"] is None else f"{s['energy_ev']:.6f}"
-        rows.append((str(s["id"]), s["state"], str(s["attempts"]), energy, s["failure"] or ""))
+        state = f"{s['state']} (pruned)" if s["id"] in pruned else s["state"]
+        rows.append((str(s["id"]), state, str(s["attempts"]), energy, s["failure"] or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines.append("")
     for r in rows:
@@ -134,6 +156,20 @@ def render_table(data: dict[str, Any], fit: dict[str, Any] | None = None) -> str
         lines.append(
             f"  optimizer: {verdict} after {fit['iterations']} iterations ({fit['message']})"
         )
+    drift = data.get("not_in_recipe")
+    if drift is not None:
+        from mlip_autopipec.lifecycle.prune import show_ids
+
+        if drift["used"]:
+            lines.append(
+                f"not in the recipe: {len(drift['used'])} structure(s) still labelled and "
+                f"trained on ({show_ids(drift['used'])}); 'autopipec run --prune' leaves them out"
+            )
+        if drift["pruned"]:
+            lines.append(
+                f"pruned: {len(drift['pruned'])} structure(s) not in the recipe, left out of "
+                f"training, labels kept ({show_ids(drift['pruned'])})"
+            )
     al = data.get("active_learning")
     if al is not None:
         state = al["outcome"] or f"running (stage {al['stage']})"

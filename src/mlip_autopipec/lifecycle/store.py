@@ -554,6 +554,37 @@ class Store:
             conn.execute("DELETE FROM _ids")
         return len(rows)
 
+    # -- pruning: structures no longer in the recipe -----------------------------------
+    def pruned_ids(self) -> set[int]:
+        """Structures ``run --prune`` left out of labelling and training: a ``prune`` row in
+        the transitions log not followed by a ``restore``. Pruning marks, never deletes:
+        state, attempts and label stay as they are."""
+        last: dict[int, str] = {}
+        for sid, trigger in self._conn.execute(
+            "SELECT structure_id, trigger FROM transitions"
+            " WHERE trigger IN ('prune', 'restore') ORDER BY id"
+        ):
+            last[int(sid)] = str(trigger)
+        return {sid for sid, trigger in last.items() if trigger == "prune"}
+
+    def mark_pruned(self, ids: Iterable[int], *, restore: bool = False, note: str = "") -> int:
+        """Log a ``prune`` (or with ``restore`` a ``restore``) mark for each of ``ids`` in one
+        transaction; returns how many were marked. A mark is a transitions-log row whose
+        source and destination are the structure's state: the state does not change."""
+        ids = sorted({int(i) for i in ids})
+        if not ids:
+            return 0
+        trigger = "restore" if restore else "prune"
+        now = time.time()
+        with self.transaction() as conn:
+            for sid in ids:
+                conn.execute(
+                    "INSERT INTO transitions(structure_id, trigger, source, dest, time, note)"
+                    " SELECT id, ?, state, state, ?, ? FROM structures WHERE id = ?",
+                    (trigger, now, note, sid),
+                )
+        return len(ids)
+
     # -- labels -------------------------------------------------------------------------
     def labelled_atoms(self, state: Sequence[str] = ("labelled", "trained")) -> list[Atoms]:
         """Labelled structures as ASE Atoms with a SinglePointCalculator (energy,
@@ -591,6 +622,18 @@ class Store:
             int(sid): float(e)
             for sid, e in self._conn.execute("SELECT structure_id, energy FROM labels")
         }
+
+    def label_magmoms(self) -> dict[int, list[float]]:
+        """structure id -> final per-site magnetic moments (μB) of its label, for labels
+        that recorded them (spin-polarised pw.x runs)."""
+        out: dict[int, list[float]] = {}
+        for sid, text in self._conn.execute(
+            "SELECT structure_id, magmoms FROM labels WHERE magmoms IS NOT NULL"
+        ):
+            value = json.loads(text)
+            if isinstance(value, list) and value:
+                out[int(sid)] = [float(m) for m in value]
+        return out
 
     # -- potentials ---------------------------------------------------------------------
     def record_potential(
@@ -695,6 +738,15 @@ class Store:
             "n_train": int(split_counts.get("train", 0)),
             "n_test": int(split_counts.get("test", 0)),
         }
+
+    def potential_members(self, potential_id: int) -> list[int]:
+        """Ids of the structures that went into ``potential_id`` (train and test)."""
+        rows = self._conn.execute(
+            "SELECT structure_id FROM potential_members WHERE potential_id = ?"
+            " ORDER BY structure_id",
+            (int(potential_id),),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def potential_ids(self) -> list[int]:
         """Ids of every recorded potential, oldest first."""
