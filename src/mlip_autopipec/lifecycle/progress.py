@@ -177,6 +177,8 @@ class Progress:
         self._done_at_start = 0
         self._line_shown = False
         self._fit_start: float | None = None
+        #: the last pacemaker iteration shown (None before the first)
+        self.fit_shown: FitStep | None = None
 
     @staticmethod
     def summary(counts: dict[str, int], attempts: int, eta: float | None) -> str:
@@ -276,17 +278,20 @@ class Progress:
             self._line_shown = False
 
     # -- fitting --------------------------------------------------------------------------
-    def fit_update(self, step: FitStep, max_iterations: int | None = None) -> None:
+    def fit_update(
+        self, step: FitStep, max_iterations: int | None = None, *, force: bool = False
+    ) -> None:
         """Show one pacemaker iteration: a live line on a TTY, a log line every
-        ``log_interval`` otherwise (and always for the first iteration)."""
+        ``log_interval`` otherwise (and always for the first iteration, or with ``force``)."""
         now = time.monotonic()
         if self._fit_start is None:
             self._fit_start = now
             self._last = -math.inf
         interval = self.refresh if self.tty else self.log_interval
-        if now - self._last < interval:
+        if not force and now - self._last < interval:
             return
         self._last = now
+        self.fit_shown = step
         errors = []
         if step.rmse_energy_mev_per_atom is not None and math.isfinite(
             step.rmse_energy_mev_per_atom
@@ -323,17 +328,22 @@ class Progress:
 
     def fit_finish(self, message: str) -> None:
         """Keep the fit's last live line and add ``message`` below it."""
+        self.fit_end()
+        self.event(message)
+
+    def fit_end(self) -> None:
+        """The fit is over: keep its last live line (what follows starts on a new line)."""
         self._fit_start = None
         if self.tty and self._line_shown:
             self.stream.write("\n")
+            self.stream.flush()
             self._line_shown = False
-        self.event(message)
 
 
 class FitLogFollower:
     """Follow a growing pacemaker log in a thread and show its iterations as progress.
 
-    The trainer wraps its pacemaker call in it (pacemaker writes ``log.txt`` as it goes)::
+    The trainer wraps its pacemaker call in it (pacemaker writes its log as it goes)::
 
         with FitLogFollower(workdir / "log.txt", progress, max_iterations=maxiter):
             run_process([... "pacemaker", "input.yaml"], workdir, ...)
@@ -395,3 +405,7 @@ class FitLogFollower:
         if self._partial:
             self._partial += "\n"
             self._read_new()
+        if self.last is not None and self.progress.fit_shown != self.last:
+            # the last iteration is always shown, whatever the log interval
+            self.progress.fit_update(self.last, self.max_iterations, force=True)
+        self.progress.fit_end()

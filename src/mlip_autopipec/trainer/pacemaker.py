@@ -457,7 +457,12 @@ class PacemakerTrainer:
         argv = list(profile.argv)
         _check_backend(str(inputs["settings"]["backend"]), argv, workdir)
         log = workdir / LOG
-        result = _run([*argv, INPUT_YAML, "-l", LOG], workdir, "pacemaker", profile.timeout)
+        from mlip_autopipec.lifecycle.progress import FitLogFollower, Progress
+
+        # pacemaker's iterations and loss as progress (stderr: a live line on a terminal)
+        maxiter = int(inputs["settings"]["max_epochs"])
+        with FitLogFollower(log, Progress(), max_iterations=maxiter):
+            result = _run([*argv, INPUT_YAML, "-l", LOG], workdir, "pacemaker", profile.timeout)
         notes: list[str] = []
         if _only_plotting_failed(result, workdir, bool(inputs["test_ids"])):
             notes.append(
