@@ -56,6 +56,13 @@ FIGURES: dict[str, str] = {
     "structure_errors.png": "Per-structure energy and force errors",
     "gamma_histogram.png": "Extrapolation grades of the labelled structures",
 }
+#: Figures of the active-learning section (drawn only for runs with a loop).
+AL_FIGURES: dict[str, str] = {
+    "al_heldout.png": "Held-out errors vs iteration and vs pw.x calls",
+    "al_gamma.png": "Extrapolation grades of the explored frames, per iteration",
+    "al_md_traces.png": "MD temperature and energy of every walker",
+    "al_selected.png": "Where the selected frames came from",
+}
 #: Below this many test structures the test errors are a weak estimate.
 MIN_TEST_STRUCTURES = 5
 #: At most this many structures get extrapolation grades (all test ones first).
@@ -444,6 +451,90 @@ def _gammas(
     return out, None
 
 
+def _condition_label(condition: dict[str, Any]) -> str:
+    """``nvt 1000 K`` / ``npt 600 K 0 GPa``."""
+    text = f"{condition.get('ensemble', '?')} {float(condition.get('temperature_K', 0)):g} K"
+    if condition.get("ensemble") == "npt":
+        text += f" {float(condition.get('pressure_GPa', 0.0)):g} GPa"
+    return text
+
+
+def _al_detail(store: Any, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-iteration detail of the loop's tables for the figures: every walker's MD trace
+    (time, temperature, total energy per atom), every explored frame's γ and state, and
+    the selected frames with their walker, condition, MD time and structure id."""
+    import sqlite3
+
+    from ase.io import jsonio
+
+    cfg = recipe.get("active_learning") or {}
+    dt = float(cfg.get("timestep_fs") or 1.0)
+    every = int(cfg.get("sample_every") or 1)
+    conn: sqlite3.Connection = store._conn  # the loop's tables share the store's database
+    try:
+        walker_rows = conn.execute(
+            "SELECT iteration, key, condition, stop_reason, survival_fs, max_gamma,"
+            " temperatures, energies FROM al_walkers ORDER BY iteration, key"
+        ).fetchall()
+        frame_rows = conn.execute(
+            "SELECT iteration, walker, condition, frame, gamma, state, structure_id"
+            " FROM al_candidates ORDER BY iteration, walker, frame"
+        ).fetchall()
+    except sqlite3.OperationalError:  # no loop tables (yet)
+        return None
+    walkers = []
+    for it, key, cond, reason, survival, gmax, temps, energies in walker_rows:
+        first = conn.execute(
+            "SELECT atoms FROM al_candidates WHERE iteration = ? AND walker = ? LIMIT 1",
+            (it, key),
+        ).fetchone()
+        natoms = len(jsonio.decode(first[0])) if first is not None else None
+        t = json.loads(temps)
+        e = json.loads(energies)
+        walkers.append(
+            {
+                "iteration": int(it),
+                "walker": key,
+                "condition": _condition_label(json.loads(cond)),
+                "stop_reason": reason,
+                "survival_fs": float(survival),
+                "max_gamma": float(gmax),
+                "natoms": natoms,
+                "time_fs": [k * every * dt for k in range(len(t))],
+                "temperature_K": [float(x) for x in t],
+                "energy_ev_per_atom": [float(x) / natoms for x in e] if natoms else [],
+            }
+        )
+    frames: dict[str, dict[str, list[Any]]] = {}
+    selected = []
+    for it, walker, cond, frame, gamma, state, sid in frame_rows:
+        per = frames.setdefault(str(it), {"gamma": [], "state": [], "time_fs": []})
+        per["gamma"].append(float(gamma))
+        per["state"].append(state)
+        per["time_fs"].append(int(frame) * dt)
+        if state == "selected":
+            selected.append(
+                {
+                    "iteration": int(it),
+                    "walker": walker,
+                    "condition": _condition_label(json.loads(cond)),
+                    "frame": int(frame),
+                    "time_fs": int(frame) * dt,
+                    "gamma": float(gamma),
+                    "structure_id": None if sid is None else int(sid),
+                }
+            )
+    targets = cfg.get("targets") or {}
+    return {
+        "walkers": walkers,
+        "frames": frames,
+        "selected": selected,
+        "gamma_select": cfg.get("gamma_select"),
+        "gamma_halt": cfg.get("gamma_halt"),
+        "targets": {k: targets.get(k) for k in ("energy_mev_per_atom", "forces_mev_per_ang")},
+    }
+
+
 def collect(run_dir: Path | str) -> dict[str, Any]:
     """Everything the report shows, as JSON-able data (what ``report.json`` holds).
 
@@ -457,6 +548,8 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         latest = store.latest_potential()
         labelled = store.labelled_atoms() if latest is not None else []
         magmoms = store.label_magmoms()
+        has_loop = bool(status.get("active_learning"))
+        al_detail = _al_detail(store, _recipe_data(run_dir)) if has_loop else None
         symbols = {sid: store.atoms_of(sid).get_chemical_symbols() for sid in magmoms}
     potential: dict[str, Any] | None = None
     parity: dict[str, Any] = {}
@@ -604,6 +697,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "caveats": caveats,
         "store_warning": foreign_tables_message(run_dir),
         "active_learning": status.get("active_learning"),
+        "active_learning_detail": al_detail,
         "not_in_recipe": {"used": sorted(not_in_recipe), "pruned": sorted(pruned)},
     }
 
@@ -870,6 +964,157 @@ def _fig_gamma(data: dict[str, Any]) -> bytes:
     return _png_bytes(fig)
 
 
+def _iteration_colors(n: int) -> list[Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.85 * k / max(n - 1, 1)) for k in range(n)]
+
+
+def _fig_al_heldout(data: dict[str, Any]) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in data["active_learning"]["iterations"] if r.get("pwx_calls_total")]
+    targets = (data.get("active_learning_detail") or {}).get("targets") or {}
+    fig = _new_figure(10, 7)
+    axes = fig.subplots(2, 2)
+    series = (
+        ("energy_mev_per_atom", "energy RMSE (meV/atom)"),
+        ("forces_mev_per_ang", "force RMSE (meV/Å)"),
+    )
+    its = [int(r["iteration"]) for r in rows]
+    calls = [int(r["pwx_calls_total"]) for r in rows]
+    for row_axes, (key, label) in zip(axes, series, strict=True):
+        now = [_finite(r.get(f"heldout_rmse_{key}")) for r in rows]
+        refit = [_finite(r.get(f"refit_heldout_rmse_{key}")) for r in rows]
+        vals = [np.nan if v is None else v for v in now]
+        ax = row_axes[0]
+        ax.plot(its, vals, marker="o", color="#1f77b4", label="exploring potential")
+        if any(v is not None for v in refit):
+            ax.plot(its, [np.nan if v is None else v for v in refit], marker="s",
+                    ls="--", color="#ff7f0e", label="after the refit")  # fmt: skip
+        ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax = row_axes[1]
+        ax.plot(calls, vals, marker="o", color="#1f77b4", label="exploring potential")
+        ax.set_xlabel("pw.x calls so far (labels + held-out)")
+        for ax in row_axes:
+            if targets.get(key) is not None:
+                ax.axhline(float(targets[key]), color="#2ca02c", ls=":", label="target")
+            ax.set_ylabel(f"held-out {label}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    return _png_bytes(fig)
+
+
+def _fig_al_gamma(data: dict[str, Any]) -> bytes:
+    detail = data["active_learning_detail"]
+    frames = detail["frames"]
+    fig = _new_figure(8, 4.5)
+    ax = fig.add_subplot()
+    every = np.concatenate([np.asarray(v["gamma"], dtype=float) for v in frames.values()])
+    lo = max(float(np.nanmin(every)), 1e-3)
+    hi = max(float(np.nanmax(every)), lo * 10)
+    edges = np.geomspace(lo * 0.9, hi * 1.1, 41)
+    for color, (it, v) in zip(_iteration_colors(len(frames)), frames.items(), strict=True):
+        g = np.asarray(v["gamma"], dtype=float)
+        ax.hist(g, bins=edges, histtype="step", lw=1.8, color=color,
+                label=f"iteration {it} ({g.size} frames, median {np.median(g):.3g})")  # fmt: skip
+    for key, ls, name in (("gamma_select", "--", "select"), ("gamma_halt", ":", "halt")):
+        if detail.get(key) is not None:
+            ax.axvline(float(detail[key]), color="#d62728", ls=ls,
+                       label=f"γ {name} = {float(detail[key]):g}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("max extrapolation grade γ of a frame")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _png_bytes(fig)
+
+
+def _fig_al_md_traces(data: dict[str, Any]) -> bytes:
+    walkers = data["active_learning_detail"]["walkers"]
+    its = sorted({w["iteration"] for w in walkers})
+    colors = dict(zip(its, _iteration_colors(len(its)), strict=True))
+    styles = ["-", "--", ":", "-."]
+    conditions = sorted({w["condition"] for w in walkers})
+    fig = _new_figure(11, 4.5)
+    ax_t, ax_e = fig.subplots(1, 2)
+    for w in walkers:
+        ls = styles[conditions.index(w["condition"]) % len(styles)]
+        label = f"it {w['iteration']} {w['walker']} {w['condition']} ({w['stop_reason']})"
+        ax_t.plot(w["time_fs"], w["temperature_K"], ls=ls, color=colors[w["iteration"]],
+                  label=label)  # fmt: skip
+        if w["energy_ev_per_atom"]:
+            ax_e.plot(w["time_fs"], w["energy_ev_per_atom"], ls=ls,
+                      color=colors[w["iteration"]])  # fmt: skip
+    ax_t.set_xlabel("MD time (fs)")
+    ax_t.set_ylabel("temperature (K)")
+    ax_t.legend(fontsize=7)
+    ax_e.set_xlabel("MD time (fs)")
+    ax_e.set_ylabel("total energy (eV/atom, ACE)")
+    for ax in (ax_t, ax_e):
+        ax.grid(alpha=0.3)
+    return _png_bytes(fig)
+
+
+_FRAME_STYLE = {
+    "explored": ("#bdbdbd", "o", 10),
+    "candidate": ("#9e9e9e", "^", 14),
+    "rejected": ("#ff7f0e", "x", 18),
+    "heldout": ("#2ca02c", "D", 18),
+    "selected": ("#d62728", "*", 90),
+}
+
+
+def _fig_al_selected(data: dict[str, Any]) -> bytes:
+    detail = data["active_learning_detail"]
+    frames = detail["frames"]
+    fig = _new_figure(5 * min(len(frames), 3), 4.5)
+    axes = np.atleast_1d(fig.subplots(1, min(len(frames), 3), squeeze=False)[0])
+    shown = list(frames.items())[-len(axes) :]
+    for ax, (it, v) in zip(axes, shown, strict=True):
+        states = np.asarray(v["state"])
+        t = np.asarray(v["time_fs"], dtype=float)
+        g = np.asarray(v["gamma"], dtype=float)
+        for state, (color, marker, size) in _FRAME_STYLE.items():
+            mask = states == state
+            if mask.any():
+                ax.scatter(t[mask], g[mask], c=color, marker=marker, s=size,
+                           label=f"{state} ({int(mask.sum())})")  # fmt: skip
+        if detail.get("gamma_select") is not None:
+            ax.axhline(float(detail["gamma_select"]), color="#d62728", ls="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("MD time of the frame (fs)")
+        ax.set_ylabel("max γ of the frame")
+        ax.set_title(f"iteration {it}", fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, which="both")
+    return _png_bytes(fig)
+
+
+def _al_plan(data: dict[str, Any]) -> dict[str, tuple[Callable[[], bytes] | None, str]]:
+    al = data.get("active_learning")
+    detail = data.get("active_learning_detail") or {}
+    plan: dict[str, tuple[Callable[[], bytes] | None, str]] = {}
+    measured = [r for r in (al or {}).get("iterations") or [] if r.get("pwx_calls_total")]
+    if any(r.get("heldout_rmse_energy_mev_per_atom") is not None for r in measured):
+        plan["al_heldout.png"] = (lambda: _fig_al_heldout(data), "")
+    else:
+        plan["al_heldout.png"] = (None, "Not drawn: no iteration has held-out errors yet.")
+    if any(v["gamma"] for v in (detail.get("frames") or {}).values()):
+        plan["al_gamma.png"] = (lambda: _fig_al_gamma(data), "")
+        plan["al_selected.png"] = (lambda: _fig_al_selected(data), "")
+    else:
+        for name in ("al_gamma.png", "al_selected.png"):
+            plan[name] = (None, "Not drawn: no explored frames recorded yet.")
+    if any(w["temperature_K"] for w in detail.get("walkers") or []):
+        plan["al_md_traces.png"] = (lambda: _fig_al_md_traces(data), "")
+    else:
+        plan["al_md_traces.png"] = (None, "Not drawn: no MD walker recorded a trace yet.")
+    return plan
+
+
 def _figure_plan(data: dict[str, Any]) -> dict[str, tuple[Callable[[], bytes] | None, str]]:
     """For each figure: the function drawing it, or None and the sentence saying why not."""
     ladder = data["ladder"]
@@ -916,20 +1161,23 @@ def _figure_plan(data: dict[str, Any]) -> dict[str, tuple[Callable[[], bytes] | 
         plan["gamma_histogram.png"] = (lambda: _fig_gamma(data), "")
     else:
         plan["gamma_histogram.png"] = (None, f"Not drawn: {data.get('gamma_unavailable')}")
+    if data.get("active_learning"):
+        plan.update(_al_plan(data))
     return plan
 
 
 def _draw_figures(data: dict[str, Any], out: Path) -> list[FigureResult]:
     results = []
+    titles = {**FIGURES, **AL_FIGURES}
     for name, (draw, reason) in _figure_plan(data).items():
         path = out / name
         if draw is None:
             # A stale PNG from an earlier report would contradict this one.
             path.unlink(missing_ok=True)
-            results.append(FigureResult(name, FIGURES[name], None, reason))
+            results.append(FigureResult(name, titles[name], None, reason))
             continue
         atomic_write(path, draw())
-        results.append(FigureResult(name, FIGURES[name], path, None))
+        results.append(FigureResult(name, titles[name], path, None))
     return results
 
 
@@ -1244,7 +1492,26 @@ def _active_learning_html(data: dict[str, Any]) -> str:
             row.append((_e("") if value is None else _num(value, fmt), "num"))
         rows.append(row)
     table = _table([h for _, h, _ in _AL_COLUMNS], rows) if rows else ""
-    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}"
+    selected = (data.get("active_learning_detail") or {}).get("selected") or []
+    chosen = ""
+    if selected:
+        chosen = "<p>Selected frames (labelled with pw.x and added to the training set):</p>"
+        chosen += _table(
+            ["iteration", "walker", "condition", "MD frame", "MD time (fs)", "max γ", "structure"],
+            [
+                [
+                    (_e(f["iteration"]), "num"),
+                    (_e(f["walker"]), ""),
+                    (_e(f["condition"]), ""),
+                    (_e(f["frame"]), "num"),
+                    (_num(f["time_fs"], ".0f"), "num"),
+                    (_num(f["gamma"], ".3g"), "num"),
+                    (_e(f["structure_id"]), "num"),
+                ]
+                for f in selected
+            ],
+        )
+    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}{chosen}"
 
 
 def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
@@ -1252,7 +1519,8 @@ def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
     by_name = {f.name: f for f in figures}
 
     def figs(*names: str) -> str:
-        return '<div class="figs">' + "".join(_figure_html(by_name[n]) for n in names) + "</div>"
+        shown = [by_name[n] for n in names if n in by_name]
+        return '<div class="figs">' + "".join(_figure_html(f) for f in shown) + "</div>"
 
     counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n) or "no structures"
     title = f"mlip-autopipec report: {data['recipe'] or Path(data['run_dir']).name}"
@@ -1280,6 +1548,7 @@ def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
             figs("error_histograms.png", "structure_errors.png"),
             "<h2>Active learning</h2>",
             _active_learning_html(data),
+            figs(*AL_FIGURES),
             "<h2>Energy-volume curves</h2>",
             figs("ev_curves.png"),
             "<h2>Extrapolation</h2>",

@@ -790,6 +790,16 @@ def _train_stage(ctx: RunContext, train_fn: TrainFn) -> StageResult:
     return StageResult("train", "done", {"potential": pid, **refit})
 
 
+def _say_iteration(ctx: RunContext, iteration: int, **kwargs: Any) -> None:
+    """The progress line of one iteration (lifecycle.progress.iteration_summary)."""
+    from mlip_autopipec.lifecycle.progress import iteration_summary
+
+    row = next((r for r in iteration_rows(ctx.store) if r["iteration"] == iteration), None)
+    if row is not None:
+        budget = settings_of(ctx.recipe).get("budget")
+        ctx.say("autopipec: " + iteration_summary(row, budget, **kwargs))
+
+
 def run_loop(ctx: RunContext, label_fn: LabelFn, train_fn: TrainFn) -> LoopOutcome:
     """Run (or resume) the loop until the stop rule or a budget ends it."""
     ensure_tables(ctx.store)
@@ -807,6 +817,7 @@ def run_loop(ctx: RunContext, label_fn: LabelFn, train_fn: TrainFn) -> LoopOutco
         elif stage == "check":
             _, decision = check_stage(ctx)
             if decision.stop:
+                _say_iteration(ctx, iteration, refits_done=iteration - 1)
                 ctx.say(f"autopipec: active learning: {decision.reason}")
         elif stage == "select":
             select_stage(ctx)
@@ -814,6 +825,7 @@ def run_loop(ctx: RunContext, label_fn: LabelFn, train_fn: TrainFn) -> LoopOutco
             _label_stage(ctx, label_fn)
         elif stage == "train":
             _train_stage(ctx, train_fn)
+            _say_iteration(ctx, iteration, refits_done=iteration, pwx_calls=_pwx_calls(ctx))
         else:  # pragma: no cover - only if the table was edited by hand
             raise RuntimeError(f"unknown active-learning stage {stage!r}")
     reason = str(_get(ctx.store, "outcome", "") or "")

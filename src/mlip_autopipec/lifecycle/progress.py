@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 from tqdm.utils import _screen_shape_wrapper, disp_len
@@ -409,3 +409,68 @@ class FitLogFollower:
             # the last iteration is always shown, whatever the log interval
             self.progress.fit_update(self.last, self.max_iterations, force=True)
         self.progress.fit_end()
+
+
+# -- active learning -----------------------------------------------------------------------
+def _g(value: float | None, fmt: str) -> str:
+    return "-" if value is None or not math.isfinite(float(value)) else format(float(value), fmt)
+
+
+def iteration_summary(
+    row: dict[str, Any],
+    budget: dict[str, Any] | None = None,
+    *,
+    refits_done: int | None = None,
+    pwx_calls: int | None = None,
+) -> str:
+    """One line for one active-learning iteration (an ``al_iterations`` row): candidates,
+    selected, labelled, held-out errors (of the exploring potential, and of the refit once
+    it exists), γ statistics, MD survival, pw.x calls so far and what the budget leaves.
+
+    ``budget``: the recipe's ``active_learning.budget`` (``pwx_calls``, ``iterations``,
+    ``wall_seconds``; None or absent = unlimited); ``refits_done``: select-label-refit
+    cycles finished (what the ``iterations`` budget counts); ``pwx_calls``: the total now
+    (default: the row's, recorded when the iteration was checked).
+    """
+    budget = budget or {}
+    parts = [
+        f"iteration {row['iteration']}: {row.get('walkers', 0)} walkers, "
+        f"{row.get('frames', 0)} frames, {row.get('candidates', 0)} candidates, "
+        f"{row.get('selected', 0)} selected, {row.get('labelled', 0)} labelled"
+    ]
+    e, f = row.get("heldout_rmse_energy_mev_per_atom"), row.get("heldout_rmse_forces_mev_per_ang")
+    if e is not None or f is not None:
+        held = (
+            f"held-out ({row.get('heldout_labelled', 0)}) E {_g(e, '.1f')} meV/atom, "
+            f"F {_g(f, '.0f')} meV/Å"
+        )
+        re_e = row.get("refit_heldout_rmse_energy_mev_per_atom")
+        re_f = row.get("refit_heldout_rmse_forces_mev_per_ang")
+        if re_e is not None or re_f is not None:
+            held += f" (refit: E {_g(re_e, '.1f')}, F {_g(re_f, '.0f')})"
+        parts.append(held)
+    if row.get("gamma_max") is not None:
+        median, top = _g(row.get("gamma_median"), ".3g"), _g(row["gamma_max"], ".3g")
+        parts.append(f"γ median {median}, max {top}")
+    if row.get("survival_fs_mean") is not None:
+        parts.append(
+            f"MD survival mean {_g(row['survival_fs_mean'], '.0f')} fs, min "
+            f"{_g(row.get('survival_fs_min'), '.0f')} fs, {row.get('walkers_halted', 0)} halted"
+        )
+    calls = pwx_calls if pwx_calls is not None else row.get("pwx_calls_total")
+    if calls is not None:
+        limit = budget.get("pwx_calls")
+        if limit is not None:
+            parts.append(f"pw.x calls {calls} of {limit} ({max(int(limit) - int(calls), 0)} left)")
+        else:
+            parts.append(f"pw.x calls {calls} (no pw.x budget)")
+    limit = budget.get("iterations")
+    if limit is not None and refits_done is not None:
+        parts.append(f"refits {refits_done} of {limit}")
+    wall = row.get("wall_seconds_total")
+    limit = budget.get("wall_seconds")
+    if wall is not None and limit is not None:
+        parts.append(f"wall {_fmt_seconds(float(wall))} of {_fmt_seconds(float(limit))}")
+    if row.get("stop_reason"):
+        parts.append(str(row["stop_reason"]))
+    return "active learning " + " | ".join(parts)
