@@ -111,3 +111,26 @@ def test_one_progress_line_per_iteration(ci_run: dict[str, Any]) -> None:
     assert "pw.x calls 12 (no pw.x budget)" in one and "refits 1 of 1" in one
     assert f"pw.x calls {second['pwx_calls_total']} (no pw.x budget)" in two
     assert two.endswith(second["stop_reason"])
+
+
+def test_loop_structures_never_count_as_removed_from_the_recipe(
+    ci_run: dict[str, Any], tmp_path: Path
+) -> None:
+    from mlip_autopipec.lifecycle.prune import sync_with_recipe
+    from mlip_autopipec.recipe import build_structures, load_recipe
+    from mlip_autopipec.stages import recipe_origin
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(ci_run["run_dir"], run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    built = build_structures(recipe)
+    with Store.open(run_dir, create=False) as store:
+        ids = store.add_structures((s.atoms, s.source, recipe_origin(recipe, s)) for s in built)
+        loop_ids = {int(r[0]) for r in store._conn.execute(
+            "SELECT structure_id FROM al_candidates WHERE structure_id IS NOT NULL")}  # fmt: skip
+        assert loop_ids and not loop_ids & set(ids)
+        assert sync_with_recipe(store, ids, prune=True).pruned == ()  # nothing to prune
+        # the recipe shrinks to its first structure: only recipe structures are pruned
+        sync = sync_with_recipe(store, ids[:1], prune=True)
+        assert set(sync.pruned_now) == set(ids) - {ids[0]}
+        assert not loop_ids & store.pruned_ids()

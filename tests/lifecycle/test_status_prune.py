@@ -16,6 +16,7 @@ import pytest
 
 from cli_runner import run_cli
 from mlip_autopipec.lifecycle.status import render_table, status_json
+from mlip_autopipec.lifecycle.store import Store
 from mlip_autopipec.report import write_report
 
 needs_pwx = pytest.mark.skipif(shutil.which("pw.x") is None, reason="pw.x not installed")
@@ -112,3 +113,23 @@ def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_pat
         (2, "restore", "pending", "pending"),
         (4, "restore", "pending", "pending"),
     ]
+
+
+@needs_pwx
+@pytest.mark.slow
+def test_prune_refits_without_the_removed_structures(tmp_path: Path) -> None:
+    """Real fits: a structure that left the recipe is trained on until ``--prune``, which
+    refits without it (~100 s on a busy machine: two 4-iteration pacemaker fits, three reports)."""
+    err = _run(tmp_path, 3)  # base, -0.02, 0.0, +0.02: 3 distinct
+    assert "fitting on 3 structures" in err
+    err = _run(tmp_path, 2, top=0.0)  # +0.02 (id 3) leaves the recipe
+    assert "note: 1 structure(s) in the store are no longer in the recipe" in err
+    assert "the current potential already covers every labelled structure" in err
+    err = _run(tmp_path, 2, "--prune", top=0.0)
+    assert "--prune: 1 structure(s) no longer in the recipe are left out" in err
+    assert "fitting on 2 structures" in err and "(structures were pruned)" in err
+    with Store.open(tmp_path / "run", create=False) as store:
+        current = store.current_potential()
+        assert current is not None
+        assert store.potential_members(current["id"]) == [1, 2]
+        assert store.state_of(3) == "trained" and store.label_energies()[3] < 0  # label kept
