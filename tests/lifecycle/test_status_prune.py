@@ -12,9 +12,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import ase.db
+import ase.io
+import pandas as pd
 import pytest
 
 from cli_runner import run_cli
+from mlip_autopipec.lifecycle.export import export
 from mlip_autopipec.lifecycle.status import render_table, status_json
 from mlip_autopipec.lifecycle.store import Store
 from mlip_autopipec.report import write_report
@@ -60,6 +64,7 @@ def _attempts(tmp_path: Path) -> int:
 
 
 @needs_pwx
+@pytest.mark.slow  # 27-68 s (six real runs of the CLI, 5 pw.x calls) on a busy 2-core machine
 def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_path: Path) -> None:
     # 5 strains in the store (pending: --stage train labels nothing), then the recipe keeps 3
     _run(tmp_path, 5, "--stage", "train")
@@ -95,9 +100,20 @@ def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_pat
     assert "labelled (not in recipe)" in page and "pending (pruned)" in page
     assert "&#x27;autopipec run --prune&#x27; leaves them out" in page
 
+    # pruned with its label: exports mark it; the pacemaker training set leaves it out
+    _run(tmp_path, 2, "--stage", "label", "--prune", top=0.0)
+    frames = ase.io.read(export(tmp_path / "run", "extxyz"), ":")
+    assert [(f.info["structure_id"], f.info.get("pruned")) for f in frames] == [
+        (1, None), (3, None), (5, True),
+    ]  # fmt: skip
+    with ase.db.connect(export(tmp_path / "run", "asedb")) as db:
+        assert [r.structure_id for r in db.select(pruned=True)] == [5]
+    table = pd.read_pickle(export(tmp_path / "run", "pacemaker"), compression="gzip")
+    assert sorted(map(int, table["name"])) == [1, 3]
+
     # all five back in the recipe: restored; only the two never labelled cost pw.x
     err = _run(tmp_path, 5, "--stage", "label")
-    assert "2 pruned structure(s) are in the recipe again" in err
+    assert "3 pruned structure(s) are in the recipe again" in err
     assert "not_in_recipe" not in _status(tmp_path)
     assert _status(tmp_path)["counts"]["labelled"] == 5
     assert _attempts(tmp_path) == 5
@@ -110,8 +126,10 @@ def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_pat
     assert marks == [
         (2, "prune", "pending", "pending"),
         (4, "prune", "pending", "pending"),
+        (5, "prune", "labelled", "labelled"),
         (2, "restore", "pending", "pending"),
         (4, "restore", "pending", "pending"),
+        (5, "restore", "labelled", "labelled"),
     ]
 
 

@@ -57,7 +57,7 @@ def foreign_tables_message(run_dir: Path | str) -> str | None:
 def _extras(atoms: Atoms) -> dict[str, Any]:
     """Per-structure keys worth carrying to other tools, when the store provides them."""
     out: dict[str, Any] = {}
-    for key in ("structure_id", "source", "theory_key"):
+    for key in ("structure_id", "source", "theory_key", "pruned"):
         value = atoms.info.get(key)
         if value is not None:
             out[key] = value
@@ -132,6 +132,9 @@ def export(run_dir: Path | str, fmt: str, output: Path | str | None = None) -> P
     built by ``mlip_autopipec.trainer.dataset`` with no baseline and zero reference
     energies (``energy_corrected`` is the DFT energy). Default output:
     ``RUN_DIR/export/labels.<ext>``.
+
+    Structures ``run --prune`` left out of training carry ``pruned=True`` (extxyz info, ase.db
+    key-value pair); the ``pacemaker`` training set leaves them out, as the trainer does.
     """
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -143,6 +146,12 @@ def export(run_dir: Path | str, fmt: str, output: Path | str | None = None) -> P
         raise UsageError(f"export: {out} is the run's store; choose another output file")
     with Store.open(run_dir, create=False) as store:
         atoms_list = store.labelled_atoms()
+        pruned = store.pruned_ids()
+    for atoms in atoms_list:
+        if int(atoms.info["structure_id"]) in pruned:
+            atoms.info["pruned"] = True  # run --prune: not in the recipe, not trained on
+    if fmt == "pacemaker":  # a training set: what the trainer would fit on
+        atoms_list = [a for a in atoms_list if not a.info.get("pruned")]
     extras = _stored_extras(run_dir / DB_NAME)
     for atoms in atoms_list:
         _attach(atoms, extras.get(int(atoms.info["structure_id"]), {}))
