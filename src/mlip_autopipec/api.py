@@ -64,6 +64,7 @@ def run(
     workers: int | None = None,
     stage: str = "all",
     fresh: bool = False,
+    prune: bool = False,
     base_dir: str | Path | None = None,
 ) -> int:
     """Run (or resume) a recipe given as a file or as a dict; returns the exit code
@@ -72,7 +73,8 @@ def run(
     A dict is the recipe as YAML would give it; its relative paths are relative to
     ``base_dir`` (default: the working directory). Raises
     :class:`~mlip_autopipec.errors.RecipeError` (with every located problem) for a bad
-    recipe, like ``autopipec run``.
+    recipe, like ``autopipec run``. ``prune``: ``autopipec run --prune`` (structures the recipe
+    no longer builds are left out of labelling and training; nothing is deleted).
     """
     from mlip_autopipec.pipeline import run as run_pipeline
 
@@ -83,6 +85,7 @@ def run(
             workers=workers,
             stage=stage,
             fresh=fresh,
+            prune=prune,
         )
 
     if isinstance(recipe, str | Path):
