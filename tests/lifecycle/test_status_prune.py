@@ -72,6 +72,8 @@ def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_pat
     assert "not_in_recipe" not in _status(tmp_path)  # status --json keeps its keys
     err = _run(tmp_path, 3, "--stage", "label", "--prune")
     assert "--prune: 2 structure(s) no longer in the recipe are left out" in err
+    assert "labelling: 3 structures, 3 to do" in err  # the pruned ones are no work
+    assert "labelling done: 3 labelled\n" in err
     status = _status(tmp_path)
     assert status["not_in_recipe"] == {"used": [], "pruned": [2, 4]}  # strains -0.01, +0.01
     assert status["counts"]["labelled"] == 3 and status["counts"]["pending"] == 2

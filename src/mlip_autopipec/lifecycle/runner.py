@@ -537,6 +537,8 @@ def label_all(
         runner.resume()
         try:
             pruned = store.pruned_ids()  # run --prune: not in the recipe, not labelled
+            for sid in pruned:  # nor counted in the progress and the summary
+                runner.counts[store.state_of(sid)] -= 1
             counts = runner.run([i for i in store.ids_in_state(PENDING) if i not in pruned])
         except Exception as exc:
             runner.abort(exc)
