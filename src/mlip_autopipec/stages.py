@@ -173,8 +173,11 @@ def _fit_due(ctx: RunContext) -> str | None:
     pruned = ctx.store.pruned_ids()
     if set(ctx.store.ids_in_state("labelled")) - pruned:
         return "new labels"
-    if pruned and pruned & set(ctx.store.potential_members(int(current["id"]))):
+    members = set(ctx.store.potential_members(int(current["id"])))
+    if pruned & members:
         return "structures were pruned"
+    if set(ctx.store.ids_in_state("trained")) & ctx.store.restored_ids() - members:
+        return "pruned structures are back in the recipe"
     settings = current.get("settings")
     if settings is None:
         # fitted before schema v2 recorded the settings: nothing to compare against

@@ -139,7 +139,7 @@ def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_pat
 @pytest.mark.slow
 def test_prune_refits_without_the_removed_structures(tmp_path: Path) -> None:
     """Real fits: a structure that left the recipe is trained on until ``--prune``, which
-    refits without it (~100 s on a busy machine: two 4-iteration pacemaker fits, three reports)."""
+    refits without it (~130 s on a busy machine: three 4-iteration pacemaker fits, four reports)."""
     err = _run(tmp_path, 3)  # base, -0.02, 0.0, +0.02: 3 distinct
     assert "fitting on 3 structures" in err
     err = _run(tmp_path, 2, top=0.0)  # +0.02 (id 3) leaves the recipe
@@ -153,3 +153,7 @@ def test_prune_refits_without_the_removed_structures(tmp_path: Path) -> None:
         assert current is not None
         assert store.potential_members(current["id"]) == [1, 2]
         assert store.state_of(3) == "trained" and store.label_energies()[3] < 0  # label kept
+    err = _run(tmp_path, 3)  # back in the recipe: trained on again, no pw.x
+    assert "1 pruned structure(s) are in the recipe again" in err
+    assert "fitting on 3 structures" in err and "(pruned structures are back in the recipe)" in err
+    assert _attempts(tmp_path) == 3

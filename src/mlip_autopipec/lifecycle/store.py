@@ -559,13 +559,20 @@ class Store:
         """Structures ``run --prune`` left out of labelling and training: a ``prune`` row in
         the transitions log not followed by a ``restore``. Pruning marks, never deletes:
         state, attempts and label stay as they are."""
+        return {sid for sid, trigger in self._last_marks().items() if trigger == "prune"}
+
+    def restored_ids(self) -> set[int]:
+        """Structures pruned once and restored since (back in the recipe)."""
+        return {sid for sid, trigger in self._last_marks().items() if trigger == "restore"}
+
+    def _last_marks(self) -> dict[int, str]:
         last: dict[int, str] = {}
         for sid, trigger in self._conn.execute(
             "SELECT structure_id, trigger FROM transitions"
             " WHERE trigger IN ('prune', 'restore') ORDER BY id"
         ):
             last[int(sid)] = str(trigger)
-        return {sid for sid, trigger in last.items() if trigger == "prune"}
+        return last
 
     def mark_pruned(self, ids: Iterable[int], *, restore: bool = False, note: str = "") -> int:
         """Log a ``prune`` (or with ``restore`` a ``restore``) mark for each of ``ids`` in one
