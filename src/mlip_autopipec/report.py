@@ -1492,6 +1492,10 @@ def _active_learning_html(data: dict[str, Any]) -> str:
             row.append((_e("") if value is None else _num(value, fmt), "num"))
         rows.append(row)
     table = _table([h for _, h, _ in _AL_COLUMNS], rows) if rows else ""
+    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}"
+
+
+def _selected_frames_html(data: dict[str, Any]) -> str:
     selected = (data.get("active_learning_detail") or {}).get("selected") or []
     chosen = ""
     if selected:
@@ -1511,7 +1515,9 @@ def _active_learning_html(data: dict[str, Any]) -> str:
                 for f in selected
             ],
         )
-    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}{chosen}"
+    else:
+        chosen = "<p>No frame has been selected yet.</p>"
+    return chosen
 
 
 def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
@@ -1548,7 +1554,15 @@ def render_html(data: dict[str, Any], figures: Sequence[FigureResult]) -> str:
             figs("error_histograms.png", "structure_errors.png"),
             "<h2>Active learning</h2>",
             _active_learning_html(data),
-            figs(*AL_FIGURES),
+            *(
+                [
+                    "<h2>Active learning per iteration</h2>",
+                    figs(*AL_FIGURES),
+                    _selected_frames_html(data),
+                ]
+                if data.get("active_learning")
+                else []
+            ),
             "<h2>Energy-volume curves</h2>",
             figs("ev_curves.png"),
             "<h2>Extrapolation</h2>",
