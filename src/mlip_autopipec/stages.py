@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from mlip_autopipec import process
 from mlip_autopipec.errors import Interrupted, TrainerError
+from mlip_autopipec.signals import catch_signals
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +123,8 @@ def label(ctx: RunContext) -> StageResult:
 
 
 # -- train ---------------------------------------------------------------------------------
-@contextmanager
-def _graceful_signals() -> Iterator[list[int]]:
-    """During training: SIGINT/SIGTERM stop pacemaker (via process.terminate_all) and
-    are re-raised as :class:`Interrupted` once the child is gone."""
-    from mlip_autopipec import process
-
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        process.terminate_all()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def _stop_children(_signum: int) -> None:
+    process.terminate_all()
 
 
 def trainer_fingerprint(trainer_cfg: dict[str, Any]) -> str:
@@ -214,17 +193,18 @@ def train(ctx: RunContext) -> StageResult:
     workdir = next_fit_dir(ctx.run_dir)
     ctx.say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir} ({reason})")
     try:
-        with _graceful_signals() as received:
+        # SIGINT/SIGTERM stop pacemaker and are re-raised as Interrupted once it is gone
+        with catch_signals(then=_stop_children) as received:
             try:
                 fit = fit_potential(
                     atoms_list, ctx.recipe.trainer, workdir, initial_potential=_previous_fit(ctx)
                 )
             except TrainerError:
-                if received:
-                    raise Interrupted(received[0]) from None
+                if received.signum is not None:
+                    raise Interrupted(received.signum) from None
                 raise
-        if received:
-            raise Interrupted(received[0])
+        if received.signum is not None:
+            raise Interrupted(received.signum)
     except TrainerError as exc:
         ctx.say(f"autopipec: error: training failed, labels are kept: {exc}")
         return StageResult(TRAIN, 1, {"fitted": False, "error": str(exc)})

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, UsageError
 from mlip_autopipec.execution.local import MPI_LAUNCHERS
+from mlip_autopipec.signals import catch_signals, die_by
 
 if TYPE_CHECKING:
     from parsl.config import Config
@@ -472,9 +473,7 @@ def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         except BaseException as exc:  # re-raised in the worker's main thread below
             outcome["error"] = exc
 
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
-    try:
+    with catch_signals((signal.SIGTERM,)) as received:
         thread = threading.Thread(target=target, name="autopipec-task", daemon=True)
         thread.start()
         try:
@@ -483,16 +482,13 @@ def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
                 if received:
                     process.terminate_all()
                     thread.join(process.KILL_GRACE + 1)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    os.kill(os.getpid(), signal.SIGTERM)
+                    die_by(signal.SIGTERM)
         except KeyboardInterrupt:
             # Ctrl-C reaches a local-provider worker too (same terminal process group), but
             # not pw.x in its own session.
             process.terminate_all()
             thread.join(process.KILL_GRACE + 1)
             raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")

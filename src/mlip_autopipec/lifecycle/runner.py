@@ -15,13 +15,10 @@ import importlib
 import logging
 import os
 import re
-import signal
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from mlip_autopipec import process
@@ -38,6 +35,7 @@ from mlip_autopipec.lifecycle.machine import (
 )
 from mlip_autopipec.lifecycle.progress import Progress
 from mlip_autopipec.lifecycle.store import DB_NAME, Store
+from mlip_autopipec.signals import catch_signals
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +139,7 @@ class _Stop:
     def __bool__(self) -> bool:
         return self.signum is not None or self.fatal is not None
 
-    def handler(self, signum: int, frame: FrameType | None) -> None:
+    def record(self, signum: int) -> None:
         if self.signum is None:
             self.signum = signum
 
@@ -527,22 +525,15 @@ def label_all(
         frozenset(permanent) if permanent is not None else PERMANENT,
         result_from_dict,
     )
-    installed: dict[int, Any] = {}
-    if handle_signals and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            installed[signum] = signal.signal(signum, runner.stop.handler)
     # a previous graceful stop in this process must not keep new attempts from starting
     process.reset()
-    try:
+    with catch_signals(then=runner.stop.record, enabled=handle_signals):
         runner.resume()
         try:
             counts = runner.run(store.ids_in_state(PENDING))
         except Exception as exc:
             runner.abort(exc)
             raise
-    finally:
-        for number, previous in installed.items():
-            signal.signal(number, previous)
     if runner.stop.fatal is not None:
         raise runner.stop.fatal
     if runner.stop.signum is not None:
