@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, Interrupted, RunEnvironmentError
+from mlip_autopipec.fsutil import set_aside
 from mlip_autopipec.lifecycle.machine import (
     FAILED,
     LABELLED,
@@ -58,17 +59,6 @@ class Oracle(Protocol):
 def structure_workdir(run_dir: Path, structure_id: int) -> Path:
     """Where the attempts of one structure live: ``RUN_DIR/structures/000042``."""
     return run_dir / "structures" / f"{structure_id:06d}"
-
-
-def set_aside(attempt_dir: Path) -> Path | None:
-    """Rename an untrusted attempt folder to ``<name>.interrupted-<k>``; returns the new path."""
-    if not attempt_dir.exists():
-        return None
-    k = 1
-    while (target := attempt_dir.with_name(f"{attempt_dir.name}.interrupted-{k}")).exists():
-        k += 1
-    attempt_dir.rename(target)
-    return target
 
 
 def set_aside_unrecorded(workdir: Path, recorded: set[int]) -> list[Path]:
