@@ -1,4 +1,5 @@
-"""File-system helpers shared by the whole package: the one atomic write.
+"""File-system helpers shared by the whole package: the one atomic write, the one way to
+set an untrusted folder aside.
 
 A file another part of the tool (or a reader such as ``status``) may read while it is
 written, or that a kill may interrupt, is written with :func:`atomic_write`: a fresh
@@ -73,3 +74,16 @@ def read_regular_file(path: Path | str, *, limit: int | None = None) -> bytes:
         raise OSError(errno.EINVAL, f"is {kind}, not a regular file", str(path))
     with open(path, "rb") as f:
         return f.read() if limit is None else f.read(limit)
+
+
+def set_aside(path: Path | str, tag: str = "interrupted") -> Path | None:
+    """Rename an untrusted file or folder to ``<name>.<tag>-<k>`` (first free k >= 1) so it is
+    kept as evidence but never read back; returns the new path (None when ``path`` is gone)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    k = 1
+    while (target := path.with_name(f"{path.name}.{tag}-{k}")).exists():
+        k += 1
+    path.rename(target)
+    return target

@@ -13,25 +13,28 @@ Stage functions take only the context; what a stage found goes into the returned
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import signal
-import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from mlip_autopipec import process
 from mlip_autopipec.errors import Interrupted, TrainerError
+from mlip_autopipec.signals import Caught, catch_signals
 
 log = logging.getLogger(__name__)
 
 #: Names of the stages the driver knows, in the order of one pass.
 BUILD, LABEL, TRAIN, REPORT = "build", "label", "train", "report"
 EXPLORE, SELECT = "explore", "select"
+
+#: Seconds between checks for signals while a fit runs on the executor.
+FIT_POLL = 0.25
 
 
 @dataclass
@@ -102,8 +105,10 @@ def recipe_origin(recipe: Any, item: Any) -> dict[str, Any]:
     origin["generator"] = built.pop("kind")
     origin.update(built)
     entry = recipe.data["structures"][int(origin["entry"])]
-    if origin["generator"] in ("file", "trajectory"):
-        origin.update(index=entry.get("index", ":"), format=entry.get("format"))
+    if origin["generator"] == "file":  # index: filled in from the schema
+        origin.update(index=entry["index"], format=entry.get("format"))
+    elif origin["generator"] == "trajectory":  # frames by start/stop/stride: no index key
+        origin.update(index=":", format=entry.get("format"))
     return origin
 
 
@@ -134,27 +139,8 @@ def label(ctx: RunContext) -> StageResult:
 
 
 # -- train ---------------------------------------------------------------------------------
-@contextmanager
-def _graceful_signals() -> Iterator[list[int]]:
-    """During training: SIGINT/SIGTERM stop pacemaker (via process.terminate_all) and
-    are re-raised as :class:`Interrupted` once the child is gone."""
-    from mlip_autopipec import process
-
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        process.terminate_all()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def _stop_children(_signum: int) -> None:
+    process.terminate_all()
 
 
 def trainer_fingerprint(trainer_cfg: dict[str, Any]) -> str:
@@ -229,18 +215,24 @@ def train(ctx: RunContext) -> StageResult:
         ctx.say(f"autopipec: set aside the unfinished fit {moved.name}")
     workdir = next_fit_dir(ctx.run_dir)
     ctx.say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir} ({reason})")
+    ran: dict[str, Any] = {}  # where the fit's programs ran (execution.tasks.where)
     try:
-        with _graceful_signals() as received:
+        # SIGINT/SIGTERM stop pacemaker and are re-raised as Interrupted once it is gone
+        with catch_signals(then=_stop_children) as received:
             try:
                 fit = fit_potential(
-                    atoms_list, ctx.recipe.trainer, workdir, initial_potential=_previous_fit(ctx)
+                    atoms_list,
+                    ctx.recipe.trainer,
+                    workdir,
+                    initial_potential=_previous_fit(ctx),
+                    execute=_execute_on_executor(ctx, received, ran),
                 )
             except TrainerError:
-                if received:
-                    raise Interrupted(received[0]) from None
+                if received.signum is not None:
+                    raise Interrupted(received.signum) from None
                 raise
-        if received:
-            raise Interrupted(received[0])
+        if received.signum is not None:
+            raise Interrupted(received.signum)
     except TrainerError as exc:
         ctx.say(f"autopipec: error: training failed, labels are kept: {exc}")
         return StageResult(TRAIN, 1, {"fitted": False, "error": str(exc)})
@@ -253,7 +245,41 @@ def train(ctx: RunContext) -> StageResult:
         f"RMSE energy train {_fmt(e.get('train'))} / test {_fmt(e.get('test'))} meV/atom, "
         f"forces train {_fmt(f.get('train'))} / test {_fmt(f.get('test'))} meV/Å"
     )
-    return StageResult(TRAIN, 0, {"fitted": True, "potential": pid})
+    return StageResult(TRAIN, 0, {"fitted": True, "potential": pid, "executed_on": ran or None})
+
+
+def _execute_on_executor(
+    ctx: RunContext, received: Caught, ran: dict[str, Any]
+) -> Callable[[Any, Path, Any], None] | None:
+    """The fit's execute step as a task of the run's executor (on Parsl: in the pilot job,
+    never on the login node); None without an executor (the step then runs here).
+
+    After SIGINT/SIGTERM the wait ends once the task is gone (local: pacemaker was stopped
+    by the handler) or after one kill grace period (Parsl: leaving the run's executor
+    cancels the pilot job, whose worker stops pacemaker); then :class:`Interrupted`.
+    """
+    if ctx.executor is None:
+        return None
+    from mlip_autopipec.execution.tasks import execute_fit
+
+    def execute(trainer: Any, workdir: Path, profile: Any) -> None:
+        future = ctx.executor.submit(execute_fit, trainer, workdir, profile)
+        deadline: float | None = None
+        while True:
+            try:
+                ran.update(future.result(timeout=FIT_POLL))
+                return
+            except TimeoutError:
+                if received.signum is None:
+                    continue
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + process.KILL_GRACE + 5
+                elif now > deadline:
+                    future.cancel()
+                    raise Interrupted(received.signum) from None
+
+    return execute
 
 
 def _previous_fit(ctx: RunContext) -> Path | None:
@@ -268,7 +294,11 @@ def _previous_fit(ctx: RunContext) -> Path | None:
 
 def record_fit(ctx: RunContext, fit: Any) -> int:
     """Record ``fit`` and its members as the current potential (one transaction) and move
-    its structures to ``trained``; returns the potential id."""
+    its structures to ``trained``; returns the potential id. Where the fit's programs ran
+    (the fit folder's ``execution.json``: host, pid, slurm_job_id, seconds) goes into the
+    settings as ``execution``."""
+    from mlip_autopipec.execution.tasks import EXECUTION_JSON
+
     run_dir = ctx.run_dir.resolve()
     workdir = Path(fit.workdir).resolve()
     metrics = {
@@ -280,6 +310,9 @@ def record_fit(ctx: RunContext, fit: Any) -> int:
         "fingerprint": trainer_fingerprint(ctx.recipe.trainer),
         "baseline": fit.baseline,
     }
+    executed = workdir / EXECUTION_JSON
+    if executed.is_file():
+        settings["execution"] = json.loads(executed.read_text())
     pid: int = ctx.store.record_potential(
         path=os.path.relpath(Path(fit.yace).resolve(), run_dir),
         metrics=metrics,

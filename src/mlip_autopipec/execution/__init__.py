@@ -27,7 +27,9 @@ def make_executor(
     (``parsl_engine.make_parsl_executor(execution_cfg, workers, run_dir=RUN_DIR/parsl)``),
     so the cluster extra stays optional. Both are context managers that shut down on exit.
     """
-    engine = execution_cfg.get("engine", "local")
+    from mlip_autopipec.recipe.schema import schema_default
+
+    engine = execution_cfg.get("engine") or schema_default("execution", "engine")
     if engine == "local":
         return local_executor(workers)
     if engine == "parsl":

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, UsageError
 from mlip_autopipec.execution.local import MPI_LAUNCHERS
+from mlip_autopipec.fsutil import set_aside
+from mlip_autopipec.signals import catch_signals, die_by
 
 if TYPE_CHECKING:
     from parsl.config import Config
@@ -66,28 +68,6 @@ OPENMPI_ENV = {
 LABEL = "autopipec"
 
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)$")
-
-_KNOWN_KEYS = frozenset(
-    {
-        "provider",
-        "partition",
-        "account",
-        "qos",
-        "nodes_per_block",
-        "max_blocks",
-        "walltime",
-        "cores_per_task",
-        "cores_per_node",
-        "mpi_launcher",
-        "worker_init",
-        "scheduler_options",
-        "exclusive",
-        "heartbeat_period",
-        "heartbeat_threshold",
-        "lost_worker_retries",
-        "status_poll_seconds",
-    }
-)
 
 
 class ExecutionError(AutopipecError):
@@ -133,42 +113,50 @@ def _summary(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class ParslSettings:
-    """The recipe's ``execution.parsl`` section, checked and with defaults filled in."""
+    """The recipe's ``execution.parsl`` section, checked, with the schema's defaults filled in
+    (:func:`parse_parsl_settings`; the defaults live only in the schema, so no field has one).
+    """
 
-    provider: str = "local"  # "slurm" or "local"
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    nodes_per_block: int = 1
-    max_blocks: int = 1
-    walltime: str = "01:00:00"
-    cores_per_task: int = 1
+    provider: str  # "slurm" or "local"
+    partition: str | None
+    account: str | None
+    qos: str | None
+    nodes_per_block: int
+    max_blocks: int
+    walltime: str
+    cores_per_task: int
     #: Cores per node; None lets each pilot job count the cores it sees.
-    cores_per_node: int | None = None
+    cores_per_node: int | None
     #: None or "auto": ``mpirun -np {cores}`` when cores_per_task > 1, nothing otherwise.
     #: "none": never prefix. Otherwise a launcher name or a template containing ``{cores}``.
-    mpi_launcher: str | None = None
-    worker_init: str = ""
-    scheduler_options: str = ""
-    exclusive: bool = True
-    heartbeat_period: int = 30
-    heartbeat_threshold: int = 120
-    lost_worker_retries: int = 2
+    mpi_launcher: str | None
+    worker_init: str
+    scheduler_options: str
+    exclusive: bool
+    heartbeat_period: int
+    heartbeat_threshold: int
+    lost_worker_retries: int
     #: How often Parsl asks Slurm (squeue/sacct) about its pilot jobs. A cancelled pilot is only
     #: replaced after the next poll, so this bounds the recovery delay after a lost block.
-    status_poll_seconds: int = 60
+    status_poll_seconds: int
     #: Explicit cap on concurrent attempts per node (``execution.workers``); None: derived.
-    workers_per_node: int | None = None
+    workers_per_node: int | None
+
+
+def parsl_schema() -> dict[str, Any]:
+    """The schema of ``execution.parsl`` (its keys, defaults and descriptions)."""
+    from mlip_autopipec.recipe.schema import load_schema
+
+    section: dict[str, Any] = load_schema()["properties"]["execution"]["properties"]["parsl"]
+    return section
 
 
 def _where(key: str) -> str:
     return f"execution.parsl.{key}"
 
 
-def _positive_int(raw: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
+def _positive_int(raw: Mapping[str, Any], key: str, minimum: int = 1) -> int:
     value = raw.get(key)
-    if value is None:
-        return default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{_where(key)}: expected an integer >= {minimum}, got {value!r}")
     return value
@@ -192,16 +180,22 @@ def parse_parsl_settings(execution_cfg: Mapping[str, Any]) -> ParslSettings:
     raw = execution_cfg.get("parsl") or {}
     if not isinstance(raw, Mapping):
         raise UsageError(f"execution.parsl: expected a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    from mlip_autopipec.recipe.schema import fill_defaults
+
+    schema = parsl_schema()
+    known = frozenset(schema["properties"])
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise UsageError(
             f"execution.parsl: unknown key(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_KNOWN_KEYS))}"
+            f"known: {', '.join(sorted(known))}"
         )
-    provider = raw.get("provider") or "local"
+    # a key given as null takes the schema's default, like a missing one
+    raw = fill_defaults({k: v for k, v in raw.items() if v is not None}, schema)
+    provider = raw["provider"]
     if provider not in ("slurm", "local"):
         raise UsageError(f"{_where('provider')}: expected 'slurm' or 'local', got {provider!r}")
-    walltime = raw.get("walltime") or ParslSettings.walltime
+    walltime = raw["walltime"]
     match = _WALLTIME.match(walltime) if isinstance(walltime, str) else None
     if match is None:
         raise UsageError(
@@ -210,12 +204,12 @@ def parse_parsl_settings(execution_cfg: Mapping[str, Any]) -> ParslSettings:
     days, hours, minutes, seconds = match.groups()
     # Parsl only understands HH:MM:SS: fold Slurm's day prefix into the hours.
     walltime = f"{int(days or 0) * 24 + int(hours):02d}:{minutes}:{seconds}"
-    exclusive = raw.get("exclusive", True)
+    exclusive = raw["exclusive"]
     if not isinstance(exclusive, bool):
         raise UsageError(f"{_where('exclusive')}: expected true or false, got {exclusive!r}")
-    cores_per_node = raw.get("cores_per_node")
+    cores_per_node = raw["cores_per_node"]
     if cores_per_node is not None:
-        cores_per_node = _positive_int(raw, "cores_per_node", 1)
+        cores_per_node = _positive_int(raw, "cores_per_node")
     workers = execution_cfg.get("workers")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
         raise UsageError(f"execution.workers: expected an integer, got {workers!r}")
@@ -224,19 +218,19 @@ def parse_parsl_settings(execution_cfg: Mapping[str, Any]) -> ParslSettings:
         partition=_optional_str(raw, "partition"),
         account=_optional_str(raw, "account"),
         qos=_optional_str(raw, "qos"),
-        nodes_per_block=_positive_int(raw, "nodes_per_block", 1),
-        max_blocks=_positive_int(raw, "max_blocks", 1),
+        nodes_per_block=_positive_int(raw, "nodes_per_block"),
+        max_blocks=_positive_int(raw, "max_blocks"),
         walltime=walltime,
-        cores_per_task=_positive_int(raw, "cores_per_task", 1),
+        cores_per_task=_positive_int(raw, "cores_per_task"),
         cores_per_node=cores_per_node,
         mpi_launcher=_optional_str(raw, "mpi_launcher"),
         worker_init=_optional_str(raw, "worker_init") or "",
         scheduler_options=_optional_str(raw, "scheduler_options") or "",
         exclusive=exclusive,
-        heartbeat_period=_positive_int(raw, "heartbeat_period", 30),
-        heartbeat_threshold=_positive_int(raw, "heartbeat_threshold", 120),
-        lost_worker_retries=_positive_int(raw, "lost_worker_retries", 2, minimum=0),
-        status_poll_seconds=_positive_int(raw, "status_poll_seconds", 60),
+        heartbeat_period=_positive_int(raw, "heartbeat_period"),
+        heartbeat_threshold=_positive_int(raw, "heartbeat_threshold"),
+        lost_worker_retries=_positive_int(raw, "lost_worker_retries", minimum=0),
+        status_poll_seconds=_positive_int(raw, "status_poll_seconds"),
         workers_per_node=workers,
     )
     if settings.heartbeat_threshold <= settings.heartbeat_period:
@@ -445,11 +439,7 @@ def _set_aside_lost_try(args: Sequence[Any]) -> None:
         attempt_dir = getattr(arg, "attempt_dir", None)
         if attempt_dir is None or not Path(attempt_dir).exists():
             continue
-        attempt_dir = Path(attempt_dir)
-        k = 1
-        while (target := attempt_dir.with_name(f"{attempt_dir.name}.lost-{k}")).exists():
-            k += 1
-        attempt_dir.rename(target)
+        set_aside(attempt_dir, "lost")
 
 
 def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -472,9 +462,7 @@ def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         except BaseException as exc:  # re-raised in the worker's main thread below
             outcome["error"] = exc
 
-    received: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
-    try:
+    with catch_signals((signal.SIGTERM,)) as received:
         thread = threading.Thread(target=target, name="autopipec-task", daemon=True)
         thread.start()
         try:
@@ -483,16 +471,13 @@ def run_task(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
                 if received:
                     process.terminate_all()
                     thread.join(process.KILL_GRACE + 1)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    os.kill(os.getpid(), signal.SIGTERM)
+                    die_by(signal.SIGTERM)
         except KeyboardInterrupt:
             # Ctrl-C reaches a local-provider worker too (same terminal process group), but
             # not pw.x in its own session.
             process.terminate_all()
             thread.join(process.KILL_GRACE + 1)
             raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -533,7 +518,13 @@ class ParslExecutor:
 
     def prepare(self, arg: Any) -> Any:
         """Add the MPI launcher to a request's ``argv`` (a copy; requests are frozen)."""
-        if dataclasses.is_dataclass(arg) and not isinstance(arg, type) and hasattr(arg, "argv"):
+        # only pw.x requests (argv + attempt_dir): a fit's TrainerProfile also has an argv
+        if (
+            dataclasses.is_dataclass(arg)
+            and not isinstance(arg, type)
+            and hasattr(arg, "argv")
+            and hasattr(arg, "attempt_dir")
+        ):
             argv = with_launcher(arg.argv, self._prefix)
             if list(argv) != list(arg.argv):
                 return dataclasses.replace(arg, argv=type(arg.argv)(argv))

@@ -306,13 +306,12 @@ def _hottest(conditions: list[dict[str, Any]]) -> int:
 
 def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[WalkerRequest]:
     """The walkers of one iteration (deterministic in the recipe, iteration and seed)."""
-    from mlip_autopipec.oracle.espresso import DEFAULT_MIN_DISTANCE
     from mlip_autopipec.recipe import build_structures
 
     cfg = settings_of(ctx.recipe)
     seeds = [s.atoms for s in build_structures(ctx.recipe)]
     fit_dir = fit_dir_of(ctx.store, ctx.run_dir, parent)
-    min_distance = float(ctx.recipe.oracle.get("min_distance", DEFAULT_MIN_DISTANCE))
+    min_distance = float(ctx.recipe.oracle["min_distance"])  # the recipe has it filled in
     seed = int(cfg["seed"])
     out = []
     for c, cond in enumerate(cfg["conditions"]):

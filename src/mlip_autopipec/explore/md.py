@@ -33,6 +33,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.io import jsonio
 
+from mlip_autopipec.execution.tasks import where
+
 #: Why a walker stopped.
 COMPLETED = "completed"
 HALT_GAMMA = "gamma_halt"
@@ -113,6 +115,8 @@ class WalkerResult:
     energies: tuple[float, ...]
     wall_time: float
     message: str = ""
+    #: The process that ran the walker (``execution.tasks.where``: host, pid, slurm_job_id).
+    where: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -282,6 +286,7 @@ def run_walker(request: WalkerRequest) -> WalkerResult:
         energies=tuple(energies),
         wall_time=time.monotonic() - start,
         message=message,
+        where=where(),
     )
 
 

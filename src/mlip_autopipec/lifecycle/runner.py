@@ -15,17 +15,15 @@ import importlib
 import logging
 import os
 import re
-import signal
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from mlip_autopipec import process
 from mlip_autopipec.errors import AutopipecError, Interrupted, RunEnvironmentError
+from mlip_autopipec.fsutil import set_aside
 from mlip_autopipec.lifecycle.machine import (
     FAILED,
     LABELLED,
@@ -38,6 +36,7 @@ from mlip_autopipec.lifecycle.machine import (
 )
 from mlip_autopipec.lifecycle.progress import Progress
 from mlip_autopipec.lifecycle.store import DB_NAME, Store
+from mlip_autopipec.signals import catch_signals
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +59,6 @@ class Oracle(Protocol):
 def structure_workdir(run_dir: Path, structure_id: int) -> Path:
     """Where the attempts of one structure live: ``RUN_DIR/structures/000042``."""
     return run_dir / "structures" / f"{structure_id:06d}"
-
-
-def set_aside(attempt_dir: Path) -> Path | None:
-    """Rename an untrusted attempt folder to ``<name>.interrupted-<k>``; returns the new path."""
-    if not attempt_dir.exists():
-        return None
-    k = 1
-    while (target := attempt_dir.with_name(f"{attempt_dir.name}.interrupted-{k}")).exists():
-        k += 1
-    attempt_dir.rename(target)
-    return target
 
 
 def set_aside_unrecorded(workdir: Path, recorded: set[int]) -> list[Path]:
@@ -141,7 +129,7 @@ class _Stop:
     def __bool__(self) -> bool:
         return self.signum is not None or self.fatal is not None
 
-    def handler(self, signum: int, frame: FrameType | None) -> None:
+    def record(self, signum: int) -> None:
         if self.signum is None:
             self.signum = signum
 
@@ -527,13 +515,9 @@ def label_all(
         frozenset(permanent) if permanent is not None else PERMANENT,
         result_from_dict,
     )
-    installed: dict[int, Any] = {}
-    if handle_signals and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            installed[signum] = signal.signal(signum, runner.stop.handler)
     # a previous graceful stop in this process must not keep new attempts from starting
     process.reset()
-    try:
+    with catch_signals(then=runner.stop.record, enabled=handle_signals):
         runner.resume()
         try:
             pruned = store.pruned_ids()  # run --prune: not in the recipe, not labelled
@@ -543,9 +527,6 @@ def label_all(
         except Exception as exc:
             runner.abort(exc)
             raise
-    finally:
-        for number, previous in installed.items():
-            signal.signal(number, previous)
     if runner.stop.fatal is not None:
         raise runner.stop.fatal
     if runner.stop.signum is not None:

@@ -39,6 +39,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -204,6 +205,10 @@ def _with(oracle_cfg: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
     return cfg
 
 
+def _with_one(oracle_cfg: Mapping[str, Any], setting: str, value: float) -> dict[str, Any]:
+    return _with(oracle_cfg, **{setting: value})
+
+
 def _calc(
     cfg: Mapping[str, Any],
     pseudopotentials: Mapping[str, Path],
@@ -362,13 +367,30 @@ def converge_settings(
         "meaning": "for every representative, the next denser grid (larger cutoff) than "
         "the chosen value's changes the energy and forces by less than the tolerances",
     }
-    base = dict(oracle_cfg)
-    ecut_candidates = sorted(float(e) for e in settings.get("ecutwfc") or [])
-    if ecut_candidates:
-        ecut, pairs = _scan(
+    # (setting, candidates coarse to fine, what did not converge, what to do); the cutoff
+    # first (at the recipe's k-points), then the k-points at the chosen cutoff
+    scans = (
+        (
             "ecutwfc",
-            ecut_candidates,
-            lambda v: _with(base, ecutwfc=v),
+            sorted(float(e) for e in settings.get("ecutwfc") or []),
+            "ecutwfc did not converge within {} Ry",
+            "add larger cutoffs",
+        ),
+        (
+            "kspacing",
+            sorted((float(k) for k in settings["kspacing"]), reverse=True),
+            "the k-point density did not converge within kspacing {} 1/Å",
+            "add smaller kspacing values",
+        ),
+    )
+    base = dict(oracle_cfg)
+    for setting, candidates, what, hint in scans:
+        if setting == "ecutwfc" and not candidates:
+            continue  # the cutoff is converged only when asked
+        value, pairs = _scan(
+            setting,
+            candidates,
+            partial(_with_one, base, setting),
             atoms_list,
             pseudopotentials,
             workdir,
@@ -376,34 +398,15 @@ def converge_settings(
             tol_f,
             calcs,
         )
-        record["ecutwfc_steps"] = pairs
-        if ecut is None:
+        record[f"{setting}_steps"] = pairs
+        if value is None:
             raise OracleError(
-                f"oracle.converge: ecutwfc did not converge within {ecut_candidates} Ry "
-                f"(tolerances {tol_e} meV/atom, {tol_f} meV/Å); add larger cutoffs"
+                f"oracle.converge: {what.format(candidates)} "
+                f"(tolerances {tol_e} meV/atom, {tol_f} meV/Å); {hint}"
             )
-        record["ecutwfc"] = ecut
-        base = _with(base, ecutwfc=ecut)
-    k_candidates = sorted((float(k) for k in settings["kspacing"]), reverse=True)
-    kspacing, pairs = _scan(
-        "kspacing",
-        k_candidates,
-        lambda v: _with(base, kspacing=v),
-        atoms_list,
-        pseudopotentials,
-        workdir,
-        tol_e,
-        tol_f,
-        calcs,
-    )
-    record["kspacing_steps"] = pairs
-    if kspacing is None:
-        raise OracleError(
-            f"oracle.converge: the k-point density did not converge within kspacing "
-            f"{k_candidates} 1/Å (tolerances {tol_e} meV/atom, {tol_f} meV/Å); add smaller "
-            "kspacing values"
-        )
-    record["kspacing"] = kspacing
+        record[setting] = value
+        base = _with(base, **{setting: value})
+    kspacing = float(record["kspacing"])
     record["grids"] = {
         lab: list(kspacing_grid(a, kspacing)) for lab, a in zip(labels, atoms_list, strict=True)
     }

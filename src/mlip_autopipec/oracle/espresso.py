@@ -25,7 +25,6 @@ from mlip_autopipec.oracle.attempt import (
 from mlip_autopipec.oracle.diagnose import FailureClass
 from mlip_autopipec.oracle.ladder import (
     DEFAULT_LADDERS,
-    DEFAULT_MAX_ATTEMPTS,
     KPTS_KEY,
     KSPACING_KEY,
     RESTART_CHARGE_DENSITY,
@@ -37,7 +36,6 @@ from mlip_autopipec.oracle.ladder import (
 from mlip_autopipec.oracle.magnetism import is_magnetic, pw_fractions
 from mlip_autopipec.oracle.theory import kpoint_record, pseudo_info, theory_key, theory_of
 
-DEFAULT_MIN_DISTANCE = 0.5  # Å
 PSEUDO_LINK_DIR = "pseudo"
 #: pw.x keys the oracle derives from the atoms' initial moments; never taken from input_data
 #: (ASE would overwrite them anyway: issue 11, Fe 0.4 became 2.3).
@@ -75,11 +73,15 @@ class EspressoOracle:
     def __init__(self, oracle_cfg: Mapping[str, Any], pseudopotentials: Mapping[str, Path]):
         self.cfg: dict[str, Any] = copy.deepcopy(dict(oracle_cfg))
         self.pseudopotentials = {el: Path(p) for el, p in pseudopotentials.items()}
-        self.argv = _argv(self.cfg.get("command") or "pw.x")
+        from mlip_autopipec.recipe.schema import schema_default
+
+        self.argv = _argv(self.cfg.get("command") or schema_default("oracle", "command"))
         if not self.argv:
             raise OracleError("oracle.command is empty")
         retry = self.cfg.get("retry") or {}
-        self.max_attempts = int(retry.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        self.max_attempts = int(
+            retry.get("max_attempts", schema_default("oracle", "retry", "max_attempts"))
+        )
         # The recipe's ladders replace the built-in ladder class by class; a class the
         # recipe does not name keeps its default (an empty recipe section = all defaults).
         self.ladders: dict[str, list[dict[str, Any]]] = copy.deepcopy(
@@ -91,7 +93,9 @@ class EspressoOracle:
         self.timeout = self.cfg.get("timeout")
         #: ``oracle.keep``: what of pw.x's scratch stays on disk (oracle/keep.py)
         self.keep: str = str(self.cfg.get("keep") or "all")
-        self.min_distance = float(self.cfg.get("min_distance", DEFAULT_MIN_DISTANCE))
+        self.min_distance = float(
+            self.cfg.get("min_distance", schema_default("oracle", "min_distance"))
+        )
         self.koffset = tuple(int(k) for k in (self.cfg.get("koffset") or (0, 0, 0)))
         self.base = base_params(self.cfg)
         given = sorted(k for k in self.base if k.lower().startswith(_MAGNETIZATION_KEYS))

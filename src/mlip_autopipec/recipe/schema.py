@@ -97,6 +97,18 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def schema_default(*path: str) -> Any:
+    """A copy of the schema's default of the key at ``path`` (property names from the root),
+    for code that must read a setting from a section the caller may have left partial (the
+    API, validation of a raw recipe): the default is then still written only in the schema.
+    """
+    root = load_schema()
+    node: Any = root
+    for key in path:
+        node = _resolve(node, root)["properties"][key]
+    return copy.deepcopy(_resolve(node, root)["default"])
+
+
 def _resolve(schema: Any, root: dict[str, Any]) -> Any:
     while isinstance(schema, dict) and "$ref" in schema:
         ref = schema["$ref"]

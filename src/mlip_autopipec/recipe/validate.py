@@ -36,6 +36,7 @@ from mlip_autopipec.recipe.schema import (
     invalid_sections,
     load_schema,
     non_finite_message,
+    schema_default,
     schema_diagnostics,
 )
 from mlip_autopipec.recipe.structures import (
@@ -406,7 +407,11 @@ COSTLY_LABEL = 20_000
 def _check_cost(c: _Checker, oracle: dict[str, Any]) -> None:
     """Warn about labels whose size (atoms × k-points × cutoff) makes pw.x very slow."""
     kspacing, kpts = oracle.get("kspacing"), oracle.get("kpts")
-    ecutwfc = (oracle.get("input_data") or {}).get("system", {}).get("ecutwfc", 30)
+    ecutwfc = (
+        (oracle.get("input_data") or {})
+        .get("system", {})
+        .get("ecutwfc", schema_default("oracle", "input_data", "system", "ecutwfc"))
+    )
     if not _real(ecutwfc) or ecutwfc <= 0:
         return
     worst: tuple[float, str, Atoms, str] | None = None
@@ -660,7 +665,7 @@ def _check_ladders_would_run(c: _Checker, oracle: dict[str, Any]) -> None:
 
 
 def _check_command(c: _Checker, oracle: dict[str, Any]) -> None:
-    command = oracle.get("command", "pw.x")
+    command = oracle.get("command", schema_default("oracle", "command"))
     try:
         argv = shlex.split(command) if isinstance(command, str) else list(command)
     except ValueError as exc:
@@ -725,9 +730,9 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
     elements = None
     if not bad & {"", "structures"}:
         fill_defaults(data["structures"], schema["properties"]["structures"])
-        min_distance = oracle_raw.get("min_distance", 0.5)
+        min_distance = oracle_raw.get("min_distance")
         if not isinstance(min_distance, int | float) or isinstance(min_distance, bool):
-            min_distance = 0.5
+            min_distance = schema_default("oracle", "min_distance")
         limits = raw.get("limits") if "limits" not in bad else None
         limits = fill_defaults(
             copy.deepcopy(limits) if isinstance(limits, dict) else {},

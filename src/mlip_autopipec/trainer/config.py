@@ -53,14 +53,15 @@ def with_defaults(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
     cfg = copy.deepcopy(trainer_cfg or {})
     if cfg.get("physics_baseline") is None:
         cfg.pop("physics_baseline", None)
-    baseline = cfg.get("physics_baseline", {"type": "none"})
-    if not isinstance(baseline, dict) or baseline.get("type", "none") not in BASELINE_TYPES:
+    none = DEFAULTS["physics_baseline"]  # the schema's: no baseline
+    baseline = cfg.get("physics_baseline", none)
+    if not isinstance(baseline, dict) or baseline.get("type", none["type"]) not in BASELINE_TYPES:
         kind = baseline.get("type") if isinstance(baseline, dict) else baseline
         raise TrainerError(
             f"trainer.physics_baseline.type: {kind!r} is not one of {BASELINE_TYPES}"
         )
     if "physics_baseline" in cfg:
-        cfg["physics_baseline"] = {"type": "none", **baseline}
+        cfg["physics_baseline"] = {**none, **baseline}
     cfg = _filled(cfg)
     if cfg["backend"] not in BACKENDS:
         raise TrainerError(f"trainer.backend: {cfg['backend']!r} is not one of {BACKENDS}")

@@ -9,6 +9,7 @@ fit folder layout is described in :mod:`mlip_autopipec.trainer.pacemaker`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from mlip_autopipec.trainer.result import (
     TRAIN_FILE,
     FitResult,
 )
-from mlip_autopipec.trainer.template import Trainer
+from mlip_autopipec.trainer.template import Trainer, TrainerProfile
 
 __all__ = [
     "CURRENT_JSON",
@@ -57,6 +58,7 @@ def fit_potential(
     workdir: Path,
     initial_potential: Path | None = None,
     trainer: Trainer | None = None,
+    execute: Callable[[Trainer, Path, TrainerProfile], object] | None = None,
 ) -> FitResult:
     """Fit an ACE potential to ``atoms_list`` with pacemaker in ``workdir``.
 
@@ -71,12 +73,17 @@ def fit_potential(
     Raises :class:`TrainerError` (with the log path) when pacemaker or its converter fail,
     time out or leave no potential; nothing outside ``workdir`` is touched in that case.
     A fit that reached ``max_epochs`` or has no active set is returned with a note.
+    ``execute(trainer, workdir, profile)`` runs the execute step (the run's executor:
+    ``stages.train`` sends it to the pilot job on Parsl); None runs it here.
     """
     cfg = with_defaults(trainer_cfg)
     workdir = Path(workdir).resolve()
     backend: Trainer = trainer if trainer is not None else PacemakerTrainer()
     backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
-    backend.execute(workdir, backend.profile(cfg))
+    if execute is None:
+        backend.execute(workdir, backend.profile(cfg))
+    else:
+        execute(backend, workdir, backend.profile(cfg))
     fit = backend.read_results(workdir)
     atomic_write_json(workdir / POTENTIAL_JSON, fit.to_dict())
     # Only a complete fit moves the pointer: a failed rerun leaves the previous one current.
