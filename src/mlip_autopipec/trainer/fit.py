@@ -9,6 +9,7 @@ fit folder layout is described in :mod:`mlip_autopipec.trainer.pacemaker`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def fit_potential(
     workdir: Path,
     initial_potential: Path | None = None,
     trainer: Trainer | None = None,
+    reference: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit an ACE potential to ``atoms_list`` with pacemaker in ``workdir``.
 
@@ -66,7 +68,8 @@ def fit_potential(
     ``RUN_DIR/trainer/fit-NNN`` (see :func:`next_fit_dir`). ``initial_potential``: a previous
     fit folder (or its ``output_potential.yaml``) to continue from when ``trainer.refit`` is
     ``continue`` and its elements and settings fingerprint match; otherwise the fit starts
-    fresh and a note says why.
+    fresh and a note says why. ``reference``: per-element reference energies (eV) to use
+    instead of fitted ones (``trainer.reference: isolated_atoms``: pw.x isolated atoms).
 
     Raises :class:`TrainerError` (with the log path) when pacemaker or its converter fail,
     time out or leave no potential; nothing outside ``workdir`` is touched in that case.
@@ -75,7 +78,10 @@ def fit_potential(
     cfg = with_defaults(trainer_cfg)
     workdir = Path(workdir).resolve()
     backend: Trainer = trainer if trainer is not None else PacemakerTrainer()
-    backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
+    if reference is None:
+        backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
+    else:
+        backend.write_inputs(atoms_list, cfg, workdir, initial_potential, reference=reference)
     backend.execute(workdir, backend.profile(cfg))
     fit = backend.read_results(workdir)
     atomic_write_json(workdir / POTENTIAL_JSON, fit.to_dict())
