@@ -151,3 +151,23 @@ def test_relabel_gives_one_theory_and_survives_a_kill(tmp_path: Path) -> None:
     assert "already covers" in proc.stdout + proc.stderr
     with Store.open(run_dir / RELABEL_DIR, create=False) as rstore:
         assert rstore.total_attempts() == relabel_attempts
+
+
+def test_the_recorded_theory_applies_to_every_later_label(tmp_path: Path) -> None:
+    from mlip_autopipec.fsutil import atomic_write_json
+    from mlip_autopipec.oracle.relabel import relabel_record, relabelled_oracle_cfg
+
+    cfg = {"kspacing": 0.2, "input_data": {"system": {"ecutwfc": 15}}}
+    assert relabel_record(tmp_path) is None and relabelled_oracle_cfg(cfg, tmp_path) == cfg
+    settings = {"system.occupations": "smearing", "system.smearing": "mv", "system.degauss": 0.02}
+    atomic_write_json(tmp_path / RELABEL_FILE, {"target_key": "k", "settings": settings})
+    for run_dir in (tmp_path, tmp_path / "heldout"):  # the held-out store follows its run
+        system = relabelled_oracle_cfg(cfg, run_dir)["input_data"]["system"]
+        assert system == {
+            "ecutwfc": 15,
+            "occupations": "smearing",
+            "smearing": "mv",
+            "degauss": 0.02,
+        }
+    assert cfg["input_data"]["system"] == {"ecutwfc": 15}  # the recipe's dict is not changed
+    assert relabel_record(tmp_path / "elsewhere") is None
