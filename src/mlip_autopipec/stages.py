@@ -235,9 +235,10 @@ def train(ctx: RunContext) -> StageResult:
     workdir = next_fit_dir(ctx.run_dir)
     ctx.say(f"autopipec: fitting on {len(atoms_list)} structures in {workdir} ({reason})")
     try:
-        reference = _isolated_atom_references(ctx, atoms_list, key)
         with _graceful_signals() as received:
             try:
+                # inside: a signal stops the isolated atoms' pw.x as it stops pacemaker
+                reference = _isolated_atom_references(ctx, atoms_list, key)
                 fit = fit_potential(
                     atoms_list,
                     ctx.recipe.trainer,
