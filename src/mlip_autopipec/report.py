@@ -291,6 +291,9 @@ def _dft_settings(
     settings["theory_keys"] = dict(keys.most_common())
     settings["theories"] = theories
     settings["kgrids"] = dict(kgrids.most_common())
+    from mlip_autopipec.oracle.relabel import relabel_record
+
+    settings["relabel"] = relabel_record(run_dir)  # oracle.theory_mismatch: relabel
     return settings
 
 
@@ -1383,6 +1386,16 @@ def _dft_html(data: dict[str, Any]) -> str:
         parts.append(
             '<p class="missing">The labels come from more than one level of theory: energies '
             "of different theory keys are not comparable and should not share a fit.</p>"
+        )
+    if dft.get("relabel"):
+        rel = dft["relabel"]
+        parts.append(
+            f"<p>One level of theory by relabelling (oracle.theory_mismatch: relabel): "
+            f"{len(rel['rescued'])} structure(s) needed {_e(rel['target_key'])}; "
+            f"{len(rel['structures'])} labelled with another theory were labelled again with "
+            f"it in RUN_DIR/relabel (structures {_e(', '.join(map(str, rel['structures'])))}),"
+            " and the fit uses those labels; the table above counts the run's original labels,"
+            " which are kept.</p>"
         )
     if dft.get("kgrids"):
         rows = [[(_e(k), ""), (_e(n), "num")] for k, n in dft["kgrids"].items()]

@@ -131,11 +131,25 @@ def label(ctx: RunContext) -> StageResult:
             f"autopipec: converged settings: kspacing {converged['kspacing']} 1/Å{ecut} "
             f"({ctx.run_dir / CONVERGE_FILE})"
         )
-    oracle = EspressoOracle(oracle_cfg, ctx.pseudos)
-    counts = label_all(ctx.store, oracle, run_attempt, ctx.executor, ctx.run_dir, Progress())
+    from mlip_autopipec.oracle.relabel import relabel_to_one_theory, relabelled_oracle_cfg
+
+    def label_with(store: Any, run_dir: Path, cfg: dict[str, Any]) -> dict[str, int]:
+        oracle = EspressoOracle(cfg, ctx.pseudos)
+        return label_all(store, oracle, run_attempt, ctx.executor, run_dir, Progress())
+
+    # a run that relabelled to the rescues' theory labels everything with it (oracle/relabel.py)
+    counts = label_with(ctx.store, ctx.run_dir, relabelled_oracle_cfg(oracle_cfg, ctx.run_dir))
+    done = None
+    if ctx.recipe.oracle.get("theory_mismatch") == "relabel":
+        done = relabel_to_one_theory(ctx.store, oracle_cfg, ctx.run_dir, label_with, ctx.say)
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     ctx.say(f"autopipec: labelling done: {summary}")
-    return StageResult(LABEL, 1 if counts.get("failed", 0) else 0, {"counts": dict(counts)})
+    details: dict[str, Any] = {"counts": dict(counts)}
+    failed = counts.get("failed", 0)
+    if done is not None:
+        details["relabel"] = done
+        failed += done["counts"].get("failed", 0)
+    return StageResult(LABEL, 1 if failed else 0, details)
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -164,6 +178,10 @@ def _fit_due(ctx: RunContext) -> str | None:
         return "structures were pruned"
     if set(ctx.store.ids_in_state("trained")) & ctx.store.restored_ids() - members:
         return "pruned structures are back in the recipe"
+    from mlip_autopipec.oracle.relabel import unfitted_relabels
+
+    if unfitted_relabels(ctx.run_dir):
+        return "structures relabelled to one level of theory"
     settings = current.get("settings")
     if settings is None:
         # fitted before schema v2 recorded the settings: nothing to compare against
@@ -183,8 +201,15 @@ def train(ctx: RunContext) -> StageResult:
     if reason is None:
         ctx.say("autopipec: the current potential already covers every labelled structure")
         return StageResult(TRAIN, 0, {"fitted": False})
+    from mlip_autopipec.oracle.relabel import relabelled_training_set
+
     pruned = ctx.store.pruned_ids()  # run --prune: labels kept, not trained on
-    atoms_list = [a for a in ctx.store.labelled_atoms() if a.info["structure_id"] not in pruned]
+    # oracle.theory_mismatch: relabel replaces the labels of the relabelled structures
+    atoms_list = [
+        a
+        for a in relabelled_training_set(ctx.store.labelled_atoms(), ctx.run_dir)
+        if a.info.get("structure_id") not in pruned
+    ]
     # one level of theory per training set (oracle.theory_mismatch: exclude)
     from mlip_autopipec.oracle.theory import one_theory
 
@@ -220,12 +245,15 @@ def train(ctx: RunContext) -> StageResult:
         # SIGINT/SIGTERM stop pacemaker and are re-raised as Interrupted once it is gone
         with catch_signals(then=_stop_children) as received:
             try:
+                # inside: a signal stops the isolated atoms' pw.x as it stops pacemaker
+                reference = _isolated_atom_references(ctx, atoms_list, key)
                 fit = fit_potential(
                     atoms_list,
                     ctx.recipe.trainer,
                     workdir,
                     initial_potential=_previous_fit(ctx),
                     execute=_execute_on_executor(ctx, received, ran),
+                    reference=reference,
                 )
             except TrainerError:
                 if received.signum is not None:
@@ -237,6 +265,9 @@ def train(ctx: RunContext) -> StageResult:
         ctx.say(f"autopipec: error: training failed, labels are kept: {exc}")
         return StageResult(TRAIN, 1, {"fitted": False, "error": str(exc)})
     pid = record_fit(ctx, fit)
+    from mlip_autopipec.oracle.relabel import mark_relabels_fitted
+
+    mark_relabels_fitted(ctx.run_dir, pid)
     for note in fit.warnings:  # notes + "did not converge"
         ctx.say(f"autopipec: note: {note}")
     e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
@@ -280,6 +311,39 @@ def _execute_on_executor(
                     raise Interrupted(received.signum) from None
 
     return execute
+
+
+def _isolated_atom_references(
+    ctx: RunContext, atoms_list: list[Any], key: str | None
+) -> dict[str, float] | None:
+    """``trainer.reference: isolated_atoms``: pw.x isolated-atom energies (eV) per element
+    at the fitted labels' theory (oracle/isolated.py), else None (fitted references)."""
+    if ctx.recipe.trainer.get("reference") != "isolated_atoms":
+        return None
+    from mlip_autopipec.lifecycle.store import DB_NAME, Store
+    from mlip_autopipec.oracle.isolated import isolated_atom_references, training_theory
+    from mlip_autopipec.oracle.relabel import RELABEL_DIR
+
+    theory = training_theory([ctx.store], key)
+    if theory is None and (ctx.run_dir / RELABEL_DIR / DB_NAME).is_file():
+        with Store.open(ctx.run_dir / RELABEL_DIR, create=False) as rstore:
+            theory = training_theory([rstore], key)
+    if theory is None:
+        raise TrainerError(f"trainer.reference isolated_atoms: no theory record of {key}")
+    elements = ctx.recipe.trainer.get("elements") or sorted(
+        {s for a in atoms_list for s in a.get_chemical_symbols()}
+    )
+    records = isolated_atom_references(
+        elements, theory, ctx.recipe.oracle, ctx.pseudos, ctx.run_dir,
+        float(ctx.recipe.trainer["reference_box"]),
+    )  # fmt: skip
+    ctx.say(
+        "autopipec: reference energies from isolated atoms (pw.x): "
+        + ", ".join(
+            f"{el} {r['energy']:.4f} eV ({r['total_magmom']} μB)" for el, r in records.items()
+        )
+    )
+    return {el: float(r["energy"]) for el, r in records.items()}
 
 
 def _previous_fit(ctx: RunContext) -> Path | None:

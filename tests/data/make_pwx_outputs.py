@@ -50,6 +50,22 @@ SI = bulk("Si", "diamond", 5.43)
 NI2 = Atoms("Ni2", positions=[[0, 0, 0], [0.6, 0, 0]], cell=[4.5] * 3, pbc=True)
 NI_SMEAR = {"ecutrho": 120, "occupations": "smearing", "smearing": "mv", "degauss": 0.02}
 
+
+def with_moments(atoms: Atoms, moment: float) -> Atoms:
+    """``atoms`` with an initial moment of ``moment`` μB on every site: magnetism is recipe
+    data (the atoms' moments), never ``starting_magnetization`` in input_data (refused).
+    The oracle writes moment / z_valence as pw.x's fraction and sets nspin = 2."""
+    out = atoms.copy()
+    out.set_initial_magnetic_moments([moment] * len(out))
+    return out
+
+
+# Fe.pz-nd-rrkjus.UPF has z_valence 8, so 8 μB is the pw.x fraction 1.0: what the stored
+# fixtures ran with (their espresso.pwo: "Fe 1.000"; ASE's default 2.3 had overwritten the
+# starting_magnetization of input_data and pw.x clipped it to 1)
+FE_MOMENT = 8.0
+FE_BCC = with_moments(bulk("Fe", "bcc", 2.87), FE_MOMENT)
+
 # name: (oracle cfg, pseudopotentials, atoms, request overrides, expected class)
 CASES: dict[str, tuple[dict[str, Any], dict[str, str], Atoms, dict[str, Any], str]] = {
     "si_converged": (cfg(), {"Si": "Si.pz-vbc.UPF"}, SI, {}, "converged"),
@@ -89,9 +105,9 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, str], Atoms, dict[str, Any], st
         "needs_spinorbit",
     ),
     "lsda_fixed_occupations": (
-        cfg(system={"nspin": 2, "starting_magnetization": 0.5, "ecutrho": 120}),
+        cfg(system={"ecutrho": 120}),
         {"Fe": "Fe.pz-nd-rrkjus.UPF"},
-        bulk("Fe", "bcc", 2.87),
+        FE_BCC,
         {},
         "input_error",
     ),
@@ -118,8 +134,6 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, str], Atoms, dict[str, Any], st
     ),
 }
 FE_MAG = {
-    "nspin": 2,
-    "starting_magnetization": 0.8,
     "ecutrho": 120,
     "occupations": "smearing",
     "smearing": "mv",
@@ -127,7 +141,7 @@ FE_MAG = {
 }
 SI8 = bulk("Si", "diamond", 5.43, cubic=True)
 SI8.rattle(0.03, seed=1)
-FE2 = bulk("Fe", "bcc", 2.87, cubic=True)
+FE2 = with_moments(bulk("Fe", "bcc", 2.87, cubic=True), FE_MOMENT)
 # SCF trajectories: the ladder's "when" labels are checked on these
 CASES["si8_gamma_erratic"] = (
     cfg(kspacing=0.2, electrons={"electron_maxstep": 30}),

@@ -60,6 +60,7 @@ def fit_reference_energies(
 REF_LSTSQ = "least squares on the training set"
 REF_ISOLATED = "isolated-atom labels in the training set"
 REF_MIN_NORM = "minimum-norm least squares (compositions are collinear)"
+REF_GIVEN = "isolated atoms labelled with pw.x (trainer.reference: isolated_atoms)"
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def choose_reference_energies(
                 f"{len(rest)}); used the minimum-norm split ("
                 + ", ".join(f"{el} {reference[el]:.4f} eV" for el in rest)
                 + "). Energies at the training stoichiometry are unaffected; for formation or "
-                "cohesive energies add isolated atoms or pure-element structures to the data"
+                "cohesive energies set trainer.reference: isolated_atoms (pw.x labels one "
+                "isolated atom per element as the references) or add pure-element structures"
             )
     return ReferenceChoice({el: float(reference[el]) for el in elements}, method, note)
 

@@ -9,7 +9,7 @@ fit folder layout is described in :mod:`mlip_autopipec.trainer.pacemaker`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ def fit_potential(
     initial_potential: Path | None = None,
     trainer: Trainer | None = None,
     execute: Callable[[Trainer, Path, TrainerProfile], object] | None = None,
+    reference: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit an ACE potential to ``atoms_list`` with pacemaker in ``workdir``.
 
@@ -68,7 +69,8 @@ def fit_potential(
     ``RUN_DIR/trainer/fit-NNN`` (see :func:`next_fit_dir`). ``initial_potential``: a previous
     fit folder (or its ``output_potential.yaml``) to continue from when ``trainer.refit`` is
     ``continue`` and its elements and settings fingerprint match; otherwise the fit starts
-    fresh and a note says why.
+    fresh and a note says why. ``reference``: per-element reference energies (eV) to use
+    instead of fitted ones (``trainer.reference: isolated_atoms``: pw.x isolated atoms).
 
     Raises :class:`TrainerError` (with the log path) when pacemaker or its converter fail,
     time out or leave no potential; nothing outside ``workdir`` is touched in that case.
@@ -79,7 +81,10 @@ def fit_potential(
     cfg = with_defaults(trainer_cfg)
     workdir = Path(workdir).resolve()
     backend: Trainer = trainer if trainer is not None else PacemakerTrainer()
-    backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
+    if reference is None:
+        backend.write_inputs(atoms_list, cfg, workdir, initial_potential)
+    else:
+        backend.write_inputs(atoms_list, cfg, workdir, initial_potential, reference=reference)
     if execute is None:
         backend.execute(workdir, backend.profile(cfg))
     else:

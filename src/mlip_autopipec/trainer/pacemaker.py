@@ -34,6 +34,7 @@ from mlip_autopipec.errors import TrainerError
 from mlip_autopipec.fsutil import atomic_write, atomic_write_json
 from mlip_autopipec.process import ProcessResult, run_process
 from mlip_autopipec.trainer.baseline import (
+    REF_GIVEN,
     REF_LSTSQ,
     baseline_calculator,
     baseline_labels,
@@ -282,8 +283,12 @@ class PacemakerTrainer:
         settings: Mapping[str, Any],
         workdir: Path,
         initial_potential: Path | None = None,
+        reference: Mapping[str, float] | None = None,
     ) -> None:
         """Validate the data, split it, choose reference energies and basis size, write inputs.
+
+        ``reference`` (eV per element, e.g. pw.x isolated atoms) replaces the fitted
+        reference energies; a continued refit keeps its previous ones.
 
         Raises :class:`TrainerError` before anything is written when the data cannot be
         fitted (fewer than 2 structures, duplicate ids, elements outside
@@ -365,6 +370,11 @@ class PacemakerTrainer:
             method = "from the previous potential " + str(
                 previous["baseline"].get("reference_method", REF_LSTSQ)
             )
+        elif reference is not None:
+            missing = sorted(set(elements) - set(reference))
+            if missing:
+                raise TrainerError(f"no reference energy given for {', '.join(missing)}")
+            reference, method = {el: float(reference[el]) for el in elements}, REF_GIVEN
         else:
             choice = choose_reference_energies(train_atoms, targets, elements, float(cfg["cutoff"]))
             reference, method = choice.energies, choice.method

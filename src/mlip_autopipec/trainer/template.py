@@ -47,8 +47,10 @@ class Trainer(Protocol):
         settings: Mapping[str, Any],
         workdir: Path,
         initial_potential: Path | None = None,
+        reference: Mapping[str, float] | None = None,
     ) -> None:
-        """Validate ``dataset`` and write every input of the fit into ``workdir``."""
+        """Validate ``dataset`` and write every input of the fit into ``workdir``
+        (``reference``: given per-element reference energies instead of fitted ones)."""
 
     def execute(self, workdir: Path, profile: TrainerProfile) -> None:
         """Run the fit in ``workdir`` (inputs written by :meth:`write_inputs`)."""
