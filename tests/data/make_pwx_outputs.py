@@ -22,28 +22,17 @@ from typing import Any
 from ase import Atoms
 from ase.build import bulk
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
+from oracle_testlib import oracle_cfg  # noqa: E402
+
 from mlip_autopipec.oracle import EspressoOracle, run_attempt
 
 HERE = Path(__file__).resolve().parent / "pwx"
 P = Path("/usr/share/espresso/pseudo")
 
 
-def cfg(
-    system: dict[str, Any] | None = None, electrons: dict[str, Any] | None = None, **kw: Any
-) -> dict[str, Any]:
-    c: dict[str, Any] = {
-        "command": "pw.x",
-        "kspacing": 0.3,
-        "koffset": [0, 0, 0],
-        "timeout": 120,
-        "input_data": {
-            "control": {"tprnfor": True, "tstress": True},
-            "system": {"ecutwfc": 15, **(system or {})},
-            "electrons": {"conv_thr": 1e-8, **(electrons or {})},
-        },
-    }
-    c.update(kw)
-    return c
+#: The oracle tests' recipe section (tests/oracle/oracle_testlib.py): one helper.
+cfg = oracle_cfg
 
 
 SI = bulk("Si", "diamond", 5.43)

@@ -70,6 +70,14 @@ PWX_DEFAULTS: Final[Mapping[str, PwDefault]] = {
     "electrons.scf_must_converge": PwDefault(True),
 }
 
+
+def pwx_default(key: str) -> Any:
+    """pw.x's default value of ``key`` (``section.name``), None when it has none or it
+    depends on the system."""
+    default = PWX_DEFAULTS.get(key)
+    return None if default is None or default.value is _NONE else default.value
+
+
 #: Variables the oracle writes itself whatever the recipe says (or when it is silent),
 #: and why.
 ORACLE_SET: Final[Mapping[str, str]] = {

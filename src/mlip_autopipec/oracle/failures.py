@@ -117,7 +117,9 @@ CLASSES: Final[tuple[ClassInfo, ...]] = (
         F.OVERLAPPING_ATOMS,
         True,
         False,
-        "Two atoms closer than `oracle.min_distance` (preflight) or overlapping for pw.x.",
+        "Two atoms closer than `oracle.min_distance` or than `oracle.min_core_fraction` x "
+        "the sum of their pseudopotentials' core radii (preflight, no pw.x run), or "
+        "overlapping for pw.x.",
     ),
     ClassInfo(
         F.CRASHED,
