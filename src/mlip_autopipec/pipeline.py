@@ -213,6 +213,7 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
     """
     from mlip_autopipec.oracle import EspressoOracle
     from mlip_autopipec.oracle.attempt import read_kgrid, write_attempt_input
+    from mlip_autopipec.oracle.effective import effective_lines
     from mlip_autopipec.trainer.config import with_defaults
     from mlip_autopipec.trainer.input_yaml import build_input, write_input
 
@@ -223,6 +224,7 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
     structures = build_structures(recipe)
     per_set: Counter[str] = Counter()
     kpoints: list[int] = []
+    pwi_texts: list[str] = []
     quarantined = 0
     total_atoms = 0
     for i, item in enumerate(structures, start=1):
@@ -235,7 +237,8 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         request = oracle.next_request(str(i), atoms, [], out / f"structure-{i:05d}")
         if request is None:
             continue
-        kgrid = read_kgrid(write_attempt_input(request).read_text())
+        pwi_texts.append(write_attempt_input(request).read_text())
+        kgrid = read_kgrid(pwi_texts[-1])
         if kgrid:
             kpoints.append(kgrid[0] * kgrid[1] * kgrid[2])
     cfg = with_defaults(recipe.trainer)
@@ -253,6 +256,7 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         trainer_dir / "input.yaml",
     )
     kp = {"min": min(kpoints, default=0), "max": max(kpoints, default=0), "total": sum(kpoints)}
+    effective = _effective_pwx(recipe, pwi_texts)
     first = len(structures) - quarantined
     calls = {"first_attempts": first, "at_most": first * oracle.max_attempts}
     summary: dict[str, Any] = {
@@ -264,6 +268,7 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         "kpoints_per_structure": kp,
         "estimated_pwx_calls": calls,
         "inputs": str(out),
+        "effective_pwx": [v.to_dict() for v in effective],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"dry run of {recipe.path.name}: nothing was run; inputs written to {out}")
@@ -287,4 +292,28 @@ def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:
         "with retries"
     )
     print(f"  pacemaker input: {trainer_dir / 'input.yaml'}")
+    print("  pw.x variables of the first attempts (* = not pw.x's default):")
+    for line in effective_lines(effective):
+        print(f"    {line}")
     return EXIT_OK
+
+
+def _effective_pwx(recipe: Recipe, pwi_texts: list[str]) -> list[Any]:
+    """Every pw.x variable the dry run wrote, its source and pw.x's default (issue 14.8)."""
+    from mlip_autopipec.oracle.effective import effective_values
+    from mlip_autopipec.recipe.validate import oracle_as_written
+
+    raw = oracle_as_written(recipe.path)
+    key = "kpts" if recipe.oracle.get("kpts") is not None else "kspacing"
+    value = recipe.oracle.get(key)
+    kpoints = f"oracle.{key} {value}" if value is not None else "the Gamma point"
+    if recipe.oracle.get("converge"):
+        kpoints += " (oracle.converge replaces it before labelling)"
+    raw_data = raw.get("input_data")
+    return effective_values(
+        pwi_texts,
+        raw_data if isinstance(raw_data, dict) else {},
+        recipe.oracle.get("input_data") or {},
+        kpoints,
+        kpoints_from_recipe=key in raw,
+    )

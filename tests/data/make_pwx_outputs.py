@@ -22,28 +22,17 @@ from typing import Any
 from ase import Atoms
 from ase.build import bulk
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
+from oracle_testlib import oracle_cfg  # noqa: E402
+
 from mlip_autopipec.oracle import EspressoOracle, run_attempt
 
 HERE = Path(__file__).resolve().parent / "pwx"
 P = Path("/usr/share/espresso/pseudo")
 
 
-def cfg(
-    system: dict[str, Any] | None = None, electrons: dict[str, Any] | None = None, **kw: Any
-) -> dict[str, Any]:
-    c: dict[str, Any] = {
-        "command": "pw.x",
-        "kspacing": 0.3,
-        "koffset": [0, 0, 0],
-        "timeout": 120,
-        "input_data": {
-            "control": {"tprnfor": True, "tstress": True},
-            "system": {"ecutwfc": 15, **(system or {})},
-            "electrons": {"conv_thr": 1e-8, **(electrons or {})},
-        },
-    }
-    c.update(kw)
-    return c
+#: The oracle tests' recipe section (tests/oracle/oracle_testlib.py): one helper.
+cfg = oracle_cfg
 
 
 SI = bulk("Si", "diamond", 5.43)
@@ -165,9 +154,9 @@ CASES["fe2_beta09_decreasing"] = (
     "scf_not_converged",
 )
 # Oracle v2 classes (issue 14.4) that pw.x 6.7 produces on demand on this machine. The
-# others (Broyden factorization, PPCG's QR failure, dexx is negative, too many pools,
-# G_par) are real pw.x text from aiida-quantumespresso's parser fixtures: see the README
-# in each of those folders.
+# others (Broyden factorization, PPCG's QR failure, dexx is negative, pw.x 6.4's "some
+# nodes have no k-points") are real pw.x text from aiida-quantumespresso's parser
+# fixtures: see the README in each of those folders for the source and what was tried.
 CASES["ni2_ppcg_zhegvd"] = (
     cfg(kspacing=None, kpts=[1, 1, 1], system=NI_SMEAR, electrons={"diagonalization": "ppcg"}),
     {"Ni": "Ni.pbe-nd-rrkjus.UPF"},
@@ -190,12 +179,106 @@ CASES["h2_ndiag_too_few_bands"] = (
     {"argv": (*_MPI, "-np", "8", "pw.x")},
     "parallelization",
 )
+# Parallel options that do not fit (issue 14.4), on the 2-atom Si cell at one k-point:
+# two MPI processes, pw.x 6.7's own checks.
+for _name, _opts, _cls in (
+    ("si_nk4_pools_out_of_range", ("-nk", "4"), "parallelization"),
+    ("si_nb4_band_groups_out_of_range", ("-nb", "4"), "parallelization"),
+    ("si_nt4_task_groups", ("-nt", "4"), "parallelization"),
+    # more pools than k-points: an error in pw.x 6.4 (aiida's npools_too_high fixture),
+    # a 'suboptimal parallelization' message in 6.7, which converges with an idle pool
+    ("si_nk2_idle_pool_converged", ("-nk", "2"), "converged"),
+):
+    CASES[_name] = (
+        cfg(kspacing=None, kpts=[1, 1, 1]),
+        {"Si": "Si.pz-vbc.UPF"},
+        SI,
+        {"argv": (*_MPI, "-np", "2", "pw.x", *_opts)},
+        _cls,
+    )
 # pw.x's own max_seconds stop (a few SCF steps in), not our hard timeout
 CASES["ni2_max_seconds"][0]["input_data"]["control"]["max_seconds"] = 2.0
 _ = {}
 
 
+#: Cases pw.x is run on directly (inputs the oracle never writes: it runs ``scf`` only).
+#: The Berry-phase ``G_par`` error (aiida's ``failed_g_par`` fixture) needs an ``nscf``
+#: run with ``lberry`` after an scf: the k-point string along z is (0,0,0)..(0,0,1)
+#: 2pi/a, not a reciprocal lattice vector of fcc Si.
+_SI_PW = """&control
+ calculation='{calc}', pseudo_dir='{pseudo}', outdir='.' {extra}
+/
+&system
+ ibrav=2, celldm(1)=10.26, nat=2, ntyp=1, ecutwfc=12, nosym=.true.
+/
+&electrons
+/
+ATOMIC_SPECIES
+Si 28.086 Si.pz-vbc.UPF
+ATOMIC_POSITIONS crystal
+Si 0 0 0
+Si 0.25 0.25 0.25
+K_POINTS {kpoints}
+"""
+DIRECT: dict[str, tuple[list[str], str]] = {
+    "si_berry_g_par": (
+        [
+            _SI_PW.format(calc="scf", pseudo=P, extra="", kpoints="automatic\n2 2 2 0 0 0"),
+            _SI_PW.format(
+                calc="nscf",
+                pseudo=P,
+                extra=", lberry=.true., gdir=3, nppstr=3",
+                kpoints="tpiba\n3\n0 0 0 1\n0 0 0.5 1\n0 0 1 1",
+            ),
+        ],
+        "input_error",
+    ),
+}
+
+
+def make_direct(name: str) -> str:
+    """Run pw.x on each input in turn (same outdir); keep the last run's files."""
+    from mlip_autopipec.oracle import diagnose
+    from mlip_autopipec.process import run_process
+
+    inputs, expected = DIRECT[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for text in inputs:
+            (work / "espresso.pwi").write_text(text)
+            proc = run_process(
+                ["pw.x", "-in", "espresso.pwi"],
+                work,
+                stdout=work / "espresso.pwo",
+                stderr=work / "espresso.err",
+                timeout=120,
+            )
+        out = HERE / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for f in ("espresso.pwi", "espresso.pwo", "espresso.err", "CRASH"):
+            if (work / f).is_file():
+                shutil.copy2(work / f, out / f)
+        diag = diagnose(
+            proc.returncode,
+            (work / "espresso.pwo").read_text(errors="replace"),
+            (work / "espresso.err").read_text(errors="replace"),
+        )
+        meta = {
+            "returncode": proc.returncode,
+            "timed_out": False,
+            "expected_class": expected,
+            "message": diag.message,
+            "energy": None,
+            "source": "pw.x 6.7 run directly (tests/data/make_pwx_outputs.py DIRECT)",
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return f"{name}: {diag.failure_class} ({diag.message}) expected {expected}"
+
+
 def make(name: str) -> str:
+    if name in DIRECT:
+        return make_direct(name)
     oracle_cfg, pps, atoms, overrides, expected = CASES[name]
     oracle = EspressoOracle(oracle_cfg, {el: P / f for el, f in pps.items()})
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,5 +306,5 @@ def make(name: str) -> str:
 
 
 if __name__ == "__main__":
-    for case in sys.argv[1:] or list(CASES):
+    for case in sys.argv[1:] or [*CASES, *DIRECT]:
         print(make(case))

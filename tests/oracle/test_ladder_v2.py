@@ -170,3 +170,31 @@ def test_coarse_k_magnetic_metal_rescued_in_one_step(tmp_path: Path) -> None:
     assert [r.failure_class for r in res] == ["scf_not_converged", "converged"]
     assert res[1].kgrid == (2, 2, 2) and res[1].step is not None
     assert res[1].step["changes_theory"] is True
+
+
+@dataclass(frozen=True)
+class PrintedEntry(Entry):
+    printed: dict[str, Any] = field(default_factory=lambda: {"nbnd": 29})
+
+
+def test_stalled_smeared_scf_with_default_bands_gets_more_bands_after_gentler_mixing() -> None:
+    """Al 16-layer column (bench/scf_ladder.py al16_long_cell): stuck with pw.x's 29
+    default bands whatever the mixing; 25 % more bands from scratch converge."""
+    metal = {**METAL, "kspacing": None, "kpts": [4, 4, 1], "electrons.mixing_beta": 0.9}
+    first = PrintedEntry("scf_not_converged", kgrid=(4, 4, 1))
+    probe = plan_next(metal, DEFAULT_LADDERS, 6, [first])
+    assert probe is not None and probe.params["electrons.mixing_beta"] == 0.45
+    second = PrintedEntry(
+        "scf_not_converged", step=probe.step, params_diff=probe.params_diff, kgrid=(4, 4, 1)
+    )
+    plan = plan_next(metal, DEFAULT_LADDERS, 6, [first, second])
+    assert plan is not None and plan.step is not None and plan.restart == "scratch"
+    assert plan.params["system.nbnd"] == 37  # ceil(29 x 1.25)
+    assert "electrons.electron_maxstep" not in plan.params  # the probe's budget is gone
+    # bands the recipe chose are the recipe's: not this step
+    chosen = plan_next({**metal, "system.nbnd": 29}, DEFAULT_LADDERS, 6, [first, second])
+    assert chosen is not None and "system.nbnd" not in (chosen.params_diff or {})
+    # fixed occupations: smearing first, as before
+    fixed = {k: v for k, v in metal.items() if k != "system.occupations"}
+    plan = plan_next(fixed, DEFAULT_LADDERS, 6, [first])
+    assert plan is not None and plan.params["system.occupations"] == "smearing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,11 @@ BASE = base_params(
         ("h2_ndiag_too_few_bands", FailureClass.PARALLELIZATION, None),
         ("si_more_bands_than_pws", FailureClass.INPUT_ERROR, None),
         ("g_par", FailureClass.INPUT_ERROR, None),
+        # real pw.x 6.7 runs (tests/data/make_pwx_outputs.py): mpirun -np 2 with -nk/-nb/-nt
+        ("si_nk4_pools_out_of_range", FailureClass.PARALLELIZATION, None),
+        ("si_nb4_band_groups_out_of_range", FailureClass.PARALLELIZATION, None),
+        ("si_nt4_task_groups", FailureClass.PARALLELIZATION, None),
+        ("si_berry_g_par", FailureClass.INPUT_ERROR, None),
     ],
 )
 def test_class_and_next_step(case: str, cls: str, diag_in_use: str | None) -> None:
@@ -104,3 +110,43 @@ def test_new_retryable_classes_have_no_cg_crash_retry() -> None:
         assert steps and all("diagonalization" not in str(s.get("set")) for s in steps)
     for cls in (FailureClass.DEXX_NEGATIVE, FailureClass.PARALLELIZATION):
         assert cls in PERMANENT and cls not in DEFAULT_LADDERS
+
+
+def test_idle_pools_in_pwx_67_are_a_message_not_a_failure() -> None:
+    """More pools than k-points: pw.x 6.4 stops (aiida's fixture, `parallelization`), 6.7
+    prints `suboptimal parallelization: some nodes have no k-points` and converges. The
+    same words outside an error block must not fail a good label."""
+    meta, diag = _case("si_nk2_idle_pool_converged")
+    pwo = (DATA / "si_nk2_idle_pool_converged" / "espresso.pwo").read_text()
+    assert "some nodes have no k-points" in pwo and "Error in routine" not in pwo
+    assert diag.failure_class == FailureClass.CONVERGED == meta["expected_class"]
+    assert math.isfinite(meta["energy"])  # the label the run gave (ASE's reading)
+    assert meta["argv"][-2:] == ["-nk", "2"]
+    _, diag_old = _case("npools_too_high")
+    assert diag_old.failure_class == FailureClass.PARALLELIZATION
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["si_nk4_pools_out_of_range", "si_nb4_band_groups_out_of_range", "si_nt4_task_groups"],
+)
+def test_parallel_option_errors_name_the_option_and_are_never_retried(case: str) -> None:
+    """Real pw.x 6.7 output of a wrong -nk/-nb/-nt: the routine is pw.x's parallel setup
+    (before this table knew them: `input_error` from the word 'invalid', or `crashed`),
+    and the structure is quarantined after this run with the message kept."""
+    meta, diag = _case(case)
+    assert diag.failure_class == FailureClass.PARALLELIZATION
+    assert diag.message == meta["message"]
+    assert diag.message.startswith("Error in routine mp_")
+    assert "-n" in meta["argv"][-2]
+    assert FailureClass.PARALLELIZATION in PERMANENT
+
+
+def test_berry_phase_g_par_from_a_real_run_keeps_the_pwx_block() -> None:
+    """pw.x 6.7's G_par banner is followed by `Error in routine c_phase (1): wrong g`:
+    the block decides (input_error); the banner line is in the output too."""
+    meta, diag = _case("si_berry_g_par")
+    pwo = (DATA / "si_berry_g_par" / "espresso.pwo").read_text()
+    assert "probably because G_par is NOT a reciprocal lattice vector" in pwo
+    assert diag.failure_class == FailureClass.INPUT_ERROR
+    assert diag.message == "Error in routine c_phase (1): wrong g" == meta["message"]

@@ -34,6 +34,7 @@ from mlip_autopipec.oracle.ladder import (
     validate_ladders,
 )
 from mlip_autopipec.oracle.magnetism import is_magnetic, pw_fractions
+from mlip_autopipec.oracle.preflight import core_radius, overlapping_cores
 from mlip_autopipec.oracle.theory import kpoint_record, pseudo_info, theory_key, theory_of
 
 PSEUDO_LINK_DIR = "pseudo"
@@ -96,6 +97,9 @@ class EspressoOracle:
         self.min_distance = float(
             self.cfg.get("min_distance", schema_default("oracle", "min_distance"))
         )
+        self.min_core_fraction = float(
+            self.cfg.get("min_core_fraction", schema_default("oracle", "min_core_fraction"))
+        )
         self.koffset = tuple(int(k) for k in (self.cfg.get("koffset") or (0, 0, 0)))
         self.base = base_params(self.cfg)
         given = sorted(k for k in self.base if k.lower().startswith(_MAGNETIZATION_KEYS))
@@ -115,7 +119,9 @@ class EspressoOracle:
         """A permanent failure found without running pw.x, else None.
 
         Checks: every element has a readable pseudopotential file; no two atoms closer
-        than ``min_distance`` (minimum image convention).
+        than ``min_distance`` (minimum image convention), nor closer than
+        ``min_core_fraction`` x the sum of their pseudopotentials' core radii
+        (:mod:`~mlip_autopipec.oracle.preflight`).
         """
         for el in sorted(set(atoms.get_chemical_symbols())):
             path = self.pseudopotentials.get(el)
@@ -136,7 +142,28 @@ class EspressoOracle:
                 f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {d:.3f} Å "
                 f"apart (min_distance {self.min_distance} Å)",
             )
-        return None
+        return self._preflight_cores(atoms)
+
+    def _preflight_cores(self, atoms: Atoms) -> AttemptResult | None:
+        """Atoms whose pseudopotential cores overlap beyond ``min_core_fraction``."""
+        radii = {}
+        for el, path in self._elements_pseudos(atoms).items():
+            try:
+                radii[el] = core_radius(path)
+            except OSError:
+                radii[el] = None  # pw.x will say what is wrong with the file
+        close = overlapping_cores(atoms, radii, self.min_core_fraction)
+        if close is None:
+            return None
+        d, i, j, limit = close
+        a, b = atoms[i].symbol, atoms[j].symbol
+        return self._permanent(
+            FailureClass.OVERLAPPING_ATOMS,
+            f"atoms {i} ({a}) and {j} ({b}) are {d:.3f} Å apart, below {limit:.3f} Å = "
+            f"min_core_fraction {self.min_core_fraction} x their pseudopotential core radii "
+            f"({radii[a]:.2f} + {radii[b]:.2f} Å): the ultrasoft overlap matrix is not "
+            "positive definite there and no eigensolver converges",
+        )
 
     @staticmethod
     def _permanent(cls: str, message: str) -> AttemptResult:

@@ -117,7 +117,9 @@ CLASSES: Final[tuple[ClassInfo, ...]] = (
         F.OVERLAPPING_ATOMS,
         True,
         False,
-        "Two atoms closer than `oracle.min_distance` (preflight) or overlapping for pw.x.",
+        "Two atoms closer than `oracle.min_distance` or than `oracle.min_core_fraction` x "
+        "the sum of their pseudopotentials' core radii (preflight, no pw.x run), or "
+        "overlapping for pw.x.",
     ),
     ClassInfo(
         F.CRASHED,
@@ -166,9 +168,11 @@ CLASSES: Final[tuple[ClassInfo, ...]] = (
         F.PARALLELIZATION,
         True,
         False,
-        "The pw.x command's parallel options do not fit this structure (`some nodes have no "
-        "k-points` with too many pools, too few bands for `-nd`, FFT planes or task groups): "
-        "fix `oracle.command`; no namelist change helps.",
+        "The pw.x command's parallel options do not fit this structure or the process "
+        "count (`-nk`/`-nb` above the processes: `invalid number of pools`/`band groups`; "
+        "`-nt` that does not divide them: `nyfft value incompatible`; too few bands for "
+        "`-nd`; pw.x 6.4's `some nodes have no k-points`): fix `oracle.command`; no "
+        "namelist change helps.",
     ),
 )
 
@@ -279,17 +283,29 @@ MORE_BANDS_THAN_PWS_RE: Final = re.compile(r"more bands than PWs", re.I)
 G_PAR_RE: Final = re.compile(r"G_par is NOT a reciprocal lattice vector", re.I)
 DEXX_NEGATIVE_RE: Final = re.compile(r"dexx is negative", re.I)
 MIXING_ROUTINES: Final = _names("broyden", "mix_rho", "approx_screening", "approx_screening2")
-#: Parallel setup: pools without k-points (pw.x 6.4 stops, as in aiida-quantumespresso's
-#: fixtures; 6.7 runs with idle pools), ``-nd`` larger than the bands,
-#: FFT planes or task groups that do not divide.
+#: Parallel setup. Measured with pw.x 6.7 (``tests/data/make_pwx_outputs.py``):
+#: ``-nk``/``-nb`` above the process count (``mp_start_pools``/``mp_start_bands``:
+#: ``invalid number of pools/band groups, out of range``), ``-nt`` that does not divide
+#: (``mp_bands``: ``nyfft value incompatible with nproc_bgrp``), ``-nd`` larger than the
+#: bands (``check_para_diag``). More pools than k-points is an error in pw.x 6.4
+#: (``some nodes have no k-points``, aiida-quantumespresso's fixture); 6.7 prints it as a
+#: ``Message`` (``suboptimal parallelization``) and converges with idle pools.
 PARALLEL_RE: Final = re.compile(
     r"some nodes have no k-points|too few bands for required ndiag|"
-    r"processes with no planes|invalid number of task groups|"
+    r"processes with no planes|invalid number of (?:pools|band groups|task groups)|"
+    r"nyfft value incompatible|"
     r"too many (?:pools|task groups|processors|band groups)",
     re.I,
 )
 PARALLEL_ROUTINES: Final = _names(
-    "divide_et_impera", "check_para_diag", "task_groups_init", "mp_start_pots", "fft_type_set"
+    "divide_et_impera",
+    "check_para_diag",
+    "task_groups_init",
+    "mp_start_pools",
+    "mp_start_bands",
+    "mp_bands",
+    "mp_start_pots",
+    "fft_type_set",
 )
 #: PPCG's QR failure: pw.x prints this line and stops with a plain ``STOP`` (exit 0, no
 #: error block, no convergence line).

@@ -81,8 +81,9 @@ Measured with pw.x 6.7 on this project's machine (the cases are in
 
   paro is never worse and is the only one that rescues Fe2, so the ladder is
   david -> paro -> cg (aiida-quantumespresso's order too); ppcg never rescued a case
-  the others did not and is left out. Ni2 at 0.6 Å is quarantined after 3 attempts
-  (paro fails, cg segfaults).
+  the others did not and is left out. Ni2 at 0.6 Å, where every eigensolver fails
+  (paro too, cg segfaults), is refused in preflight from the pseudopotentials' core
+  radii (``oracle/preflight.py``): 0 runs instead of 3.
 * Ni2 at 0.9 Å (smearing): 100 oscillating steps; beta 0.35 from the density: 24.
 * Fe bcc magnetic with ``max_seconds=0.8``: pw.x stops, writes the density; two
   continuations from it converge (accuracy 0.31 -> 1.4e-3 -> converged).
@@ -97,6 +98,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from mlip_autopipec.oracle.effective import pwx_default
 from mlip_autopipec.oracle.failures import PERMANENT, RETRYABLE, FailureClass, classes_markdown
 
 RESTART_SCRATCH: Final = "scratch"
@@ -117,15 +119,19 @@ MAXSTEP_KEY: Final = "electrons.electron_maxstep"
 #: Set by the oracle for charge-density restarts; never accumulated across attempts.
 STARTINGPOT_KEY: Final = "electrons.startingpot"
 
-#: pw.x (QE 6.7) defaults, used when a ``scale`` step targets a key the recipe left unset.
+#: pw.x (QE 6.7) defaults, used when a ``scale`` step targets a key the recipe left unset
+#: (None: pw.x has none); the values are those of the one table, ``effective.PWX_DEFAULTS``.
 PW_DEFAULTS: Final[Mapping[str, Any]] = {
-    "electrons.mixing_beta": 0.7,
-    "electrons.electron_maxstep": 100,
-    "electrons.mixing_ndim": 8,
-    "electrons.conv_thr": 1.0e-6,
-    "electrons.diago_david_ndim": 2,
-    "system.degauss": 0.0,
-    "system.ecutwfc": None,
+    key: pwx_default(key)
+    for key in (
+        "electrons.mixing_beta",
+        "electrons.electron_maxstep",
+        "electrons.mixing_ndim",
+        "electrons.conv_thr",
+        "electrons.diago_david_ndim",
+        "system.degauss",
+        "system.ecutwfc",
+    )
 }
 
 _SMEARING: Final = {
@@ -143,6 +149,8 @@ DENSITY_PROBE: Final = 25
 #: ``scale_printed`` for too few bands: max(5 %, 4) more than pw.x used (as aiida's
 #: ``sanity_check_insufficient_bands``).
 _MORE_BANDS: Final = {"factor": 1.05, "at_least": 4}
+#: A smeared SCF stalled by too few bands: 25 % (at least 4) more than pw.x printed.
+_STALLED_BANDS: Final = {"factor": 1.25, "at_least": 4}
 #: pw.x key -> the name of the printed value (:func:`diagnose.parse_printed`) it scales.
 PRINTED_KEYS: Final[Mapping[str, str]] = {"system.nbnd": "nbnd"}
 
@@ -206,6 +214,18 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
             "beta 0.3: 60 oscillating steps; 2x2x2 converges in 15). Not first: a magnet "
             "that only needs gentler mixing (Fe2 at 2x2x2, beta 0.95 -> 0.475: 8 steps) "
             "keeps its level of theory",
+        },
+        {
+            "when": [TREND_OSCILLATING, TREND_STAGNANT],
+            "only_if": {"system.occupations": ["smearing"], "system.nbnd": [None]},
+            "scale_printed": {"system.nbnd": dict(_STALLED_BANDS)},
+            "restart": RESTART_SCRATCH,
+            "note": "a smeared SCF stuck with pw.x's default bands (20 % above the valence "
+            "bands): the top band takes charge and the occupations flip; 25 % more bands "
+            "(than pw.x printed) from scratch (Al 16-layer column, 48 electrons: 29 bands "
+            "stuck at 1e-3 Ry for 40 steps at beta 0.9 and 60 at beta 0.3, plain or "
+            "local-TF; 36 bands converge in 13 at beta 0.9). Not first: it changes no "
+            "mixing, and a magnet that only needs gentler mixing keeps its bands",
         },
         {
             "restart": RESTART_SCRATCH,

@@ -800,6 +800,17 @@ def check_recipe(path: Path) -> list[Diagnostic]:
     return _guard(_run, Path(path))[0]
 
 
+def oracle_as_written(path: Path) -> dict[str, Any]:
+    """The ``oracle`` section exactly as the recipe at ``path`` writes it (no defaults), for
+    telling the recipe's values from the oracle's (the dry run's effective values)."""
+    try:
+        raw, _ = load_yaml(Path(path), str(path))
+    except YamlLoadError:
+        return {}
+    oracle = raw.get("oracle") if isinstance(raw, dict) else None
+    return copy.deepcopy(oracle) if isinstance(oracle, dict) else {}
+
+
 def load_recipe(path: Path) -> Recipe:
     """Load and validate a recipe; raise :class:`RecipeError` with every error if invalid."""
     diags, recipe = _guard(_run, Path(path))
