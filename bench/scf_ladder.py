@@ -28,7 +28,8 @@ rescuable rescued; ladder 20 runs / 287 SCF iterations / 200 s vs best 18 / 262 
 mixing probe of 25 steps comes before the band step, as a magnet that only needs gentler
 mixing must keep its bands). Hopeless: ni2_06 and si2_overlap in preflight (0 runs;
 ni2_06 from the pseudopotential core radii, was 3 runs), xc_conflict and needs_spinorbit
-after 1 run. (2026-12-01, before al16_long_cell and the core preflight: 12 cases, 227 vs
+after 1 run (since the UPF-header preflight, issue 14.3: 0 runs, re-measured for these 4
+cases). (2026-12-01, before al16_long_cell and the core preflight: 12 cases, 227 vs
 225.) ``--buffering`` (8-atom Si, 3 alternating repeats, median wall): every unit
 unbuffered (GFORTRAN_UNBUFFERED_ALL, the oracle's setting) 12.43 s, stdout/stderr only
 (..._PRECONNECTED) 12.34 s, buffered 12.57 s: no measurable cost at the oracle's I/O

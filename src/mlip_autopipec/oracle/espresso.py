@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,16 @@ from mlip_autopipec.oracle.preflight import core_radius, overlapping_cores
 from mlip_autopipec.oracle.theory import kpoint_record, pseudo_info, theory_key, theory_of
 
 PSEUDO_LINK_DIR = "pseudo"
+
+
+@functools.lru_cache(maxsize=64)
+def _upf_header(path: str, mtime_ns: int) -> Any:
+    """A pseudopotential's header, read once per file version (preflight runs per structure)."""
+    from mlip_autopipec.recipe.pseudo import read_header
+
+    return read_header(Path(path))
+
+
 #: pw.x keys the oracle derives from the atoms' initial moments; never taken from input_data
 #: (ASE would overwrite them anyway: issue 11, Fe 0.4 became 2.3).
 _MAGNETIZATION_KEYS = ("system.starting_magnetization",)
@@ -142,7 +153,29 @@ class EspressoOracle:
                 f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are {d:.3f} Å "
                 f"apart (min_distance {self.min_distance} Å)",
             )
-        return self._preflight_cores(atoms)
+        return self._preflight_headers(atoms) or self._preflight_cores(atoms)
+
+    def _preflight_headers(self, atoms: Atoms) -> AttemptResult | None:
+        """What the UPF headers already say pw.x will refuse (issue 14.3): functionals
+        that disagree (``xc_conflict``, unless ``input_dft`` overrides the files) and a
+        fully-relativistic ultrasoft/PAW file without ``lspinorb`` (``needs_spinorbit``)."""
+        from mlip_autopipec.recipe import pseudo
+
+        headers = {}
+        for el, path in self._elements_pseudos(atoms).items():
+            try:
+                headers[el] = _upf_header(str(path), path.stat().st_mtime_ns)
+            except (OSError, EOFError, ValueError):
+                continue  # pw.x will say what is wrong with the file
+        if "system.input_dft" not in self.base:
+            clash = pseudo.functional_conflict(headers)
+            if clash is not None:
+                return self._permanent(FailureClass.XC_CONFLICT, clash)
+        system = {"lspinorb": self.base.get("system.lspinorb")}
+        needs = pseudo.spinorbit_conflict(headers, system)
+        if needs is not None:
+            return self._permanent(FailureClass.NEEDS_SPINORBIT, needs)
+        return None
 
     def _preflight_cores(self, atoms: Atoms) -> AttemptResult | None:
         """Atoms whose pseudopotential cores overlap beyond ``min_core_fraction``."""

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlip_autopipec.errors import Diagnostic, RecipeError
 
@@ -25,6 +25,27 @@ _ELEMENT_INFO = re.compile(r"^\s*Element:\s*([A-Za-z]{1,2})\b", re.MULTILINE)
 _SUGGESTED_ECUTWFC = re.compile(
     r"Suggested minimum cutoff for wavefunctions:\s*([0-9.]+)\s*Ry", re.IGNORECASE
 )
+_FUNCTIONAL_V2 = re.compile(r'\bfunctional\s*=\s*"([^"]*)"', re.IGNORECASE)
+_FUNCTIONAL_V1 = re.compile(r"^(.*?)\bExchange-Correlation functional", re.MULTILINE)
+_TRUE = r'"\s*(?:T|\.?true\.?)\s*"'
+_FULL_REL_V2 = re.compile(rf'\brelativistic\s*=\s*"\s*full\s*"|\bhas_so\s*=\s*{_TRUE}', re.I)
+_ULTRASOFT_V2 = re.compile(
+    rf'\bis_(?:ultrasoft|paw)\s*=\s*{_TRUE}|\bpseudo_type\s*=\s*"\s*(?:US|USPP|PAW)\s*"', re.I
+)
+_ULTRASOFT_V1 = re.compile(r"^\s*(?:US|PAW)\s+(?:Ultrasoft|Projector)", re.MULTILINE)
+#: pw.x's short names of a whole functional (``Modules/funct.f90``) as its four parts
+#: (exchange, correlation, gradient exchange, gradient correlation).
+_FUNCTIONAL_NAMES = {
+    "LDA": ("SLA", "PZ", "NOGX", "NOGC"),
+    "PZ": ("SLA", "PZ", "NOGX", "NOGC"),
+    "PBE": ("SLA", "PW", "PBX", "PBC"),
+    "PBESOL": ("SLA", "PW", "PSX", "PSC"),
+    "BLYP": ("SLA", "LYP", "B88", "BLYP"),
+    "PW91": ("SLA", "PW", "GGX", "GGC"),
+    "TPSS": ("SLA", "PW", "TPSS", "TPSS"),
+}
+#: older UPF files spell PBE's gradient parts "PBE PBE" (pw.x reads them as PBX PBC)
+_PART_ALIASES = {(2, "PBE"): "PBX", (3, "PBE"): "PBC"}
 #: The header of a UPF file (where element and suggested cutoffs are) is in its first ~10 kB.
 _HEADER_BYTES = 200_000
 
@@ -122,6 +143,63 @@ class UpfHeader:
 
     element: str | None
     suggested_ecutwfc: float | None
+    #: the functional as the file writes it (``" SLA  PW   PBX  PBC"``, ``"PBE"``), or None
+    functional: str | None = None
+    #: fully relativistic (spin-orbit projectors: ``has_so``; UPF v1: a ``PP_ADDINFO`` block)
+    fully_relativistic: bool = False
+    #: ultrasoft or PAW (pw.x refuses such a fully-relativistic file without lspinorb)
+    ultrasoft: bool = False
+
+
+def canonical_functional(text: str | None) -> tuple[str, ...] | None:
+    """The functional of a UPF header as pw.x's four parts, or None when it is not one
+    of the common names (then no comparison is made: pw.x itself will judge it)."""
+    if not text:
+        return None
+    tokens = text.upper().split()
+    if len(tokens) == 1:
+        return _FUNCTIONAL_NAMES.get(tokens[0])
+    if len(tokens) < 4:
+        return None
+    parts = tuple(_PART_ALIASES.get((i, t), t) for i, t in enumerate(tokens[:4]))
+    return parts if parts in _FUNCTIONAL_NAMES.values() else None
+
+
+def functional_conflict(headers: dict[str, UpfHeader]) -> str | None:
+    """Why these pseudopotentials (element -> header) disagree on the functional, or None.
+
+    pw.x stops with ``conflicting values for icorr`` (class ``xc_conflict``) unless
+    ``input_dft`` overrides the files; only functionals this module recognises are compared.
+    """
+    known = {
+        el: f for el, h in headers.items() if (f := canonical_functional(h.functional)) is not None
+    }
+    if len(set(known.values())) < 2:
+        return None
+    parts = ", ".join(f"{el}: {' '.join(known[el])}" for el in sorted(known))
+    return (
+        f"the pseudopotentials are made with different functionals ({parts}): pw.x refuses "
+        "to mix them; use one family (same functional) for every element"
+    )
+
+
+def spinorbit_conflict(headers: dict[str, UpfHeader], system: dict[str, object]) -> str | None:
+    """Why pw.x will refuse these files for want of ``lspinorb`` (class ``needs_spinorbit``).
+
+    pw.x 6.7 averages a fully-relativistic norm-conserving file to a scalar-relativistic
+    one by itself, but stops for an ultrasoft/PAW one (``average_pp``: "FR-PP please use
+    lspinorb=.true.").
+    """
+    if system.get("lspinorb") is True:
+        return None
+    bad = sorted(el for el, h in headers.items() if h.fully_relativistic and h.ultrasoft)
+    if not bad:
+        return None
+    return (
+        f"fully-relativistic ultrasoft/PAW pseudopotential for {', '.join(bad)} without "
+        "lspinorb: pw.x refuses it; use a scalar-relativistic file, or set "
+        "input_data.system lspinorb: true and noncolin: true for spin-orbit coupling"
+    )
 
 
 def read_header(path: Path) -> UpfHeader:
@@ -141,7 +219,32 @@ def read_header(path: Path) -> UpfHeader:
             element = m.group(1).capitalize()
             break
     cut = _SUGGESTED_ECUTWFC.search(head)
-    return UpfHeader(element, float(cut.group(1)) if cut else None)
+    v2 = "<UPF" in head
+    func = (_FUNCTIONAL_V2 if v2 else _FUNCTIONAL_V1).search(head)
+    if v2:
+        full = bool(_FULL_REL_V2.search(head))
+        ultrasoft = bool(_ULTRASOFT_V2.search(head))
+    else:  # UPF v1 marks spin-orbit files by a PP_ADDINFO block near the end of the file
+        full = _contains(path, opener, b"<PP_ADDINFO>")
+        ultrasoft = bool(_ULTRASOFT_V1.search(head))
+    return UpfHeader(
+        element,
+        float(cut.group(1)) if cut else None,
+        functional=func.group(1).strip() if func else None,
+        fully_relativistic=full,
+        ultrasoft=ultrasoft,
+    )
+
+
+def _contains(path: Path, opener: Any, needle: bytes, chunk: int = 1 << 20) -> bool:
+    """Whether the (possibly gzipped) file holds ``needle``, read in chunks."""
+    tail = b""
+    with opener(path, "rb") as fh:
+        while block := fh.read(chunk):
+            if needle in tail + block:
+                return True
+            tail = block[-len(needle) :]
+    return False
 
 
 def _decompress(src: Path, cache_dir: Path) -> Path:

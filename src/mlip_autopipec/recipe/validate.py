@@ -484,7 +484,9 @@ def _check_pseudopotentials(
                 + hint,
                 key=True,
             )
-    ecutwfc = oracle.get("input_data", {}).get("system", {}).get("ecutwfc")
+    system = oracle.get("input_data", {}).get("system", {})
+    ecutwfc = system.get("ecutwfc") if isinstance(system, dict) else None
+    headers: dict[str, pseudo.UpfHeader] = {}
     for symbol, entry in pps.items():
         where = (*path, symbol)
         found = pseudo.locate(entry, dirs, c.base_dir)
@@ -509,6 +511,8 @@ def _check_pseudopotentials(
             continue
         if header.element is not None and header.element != symbol:
             c.add(where, f"{found.name} is a pseudopotential for {header.element}, not {symbol}")
+        if symbol in elements:
+            headers[symbol] = header
         if (
             isinstance(ecutwfc, int | float)
             and header.suggested_ecutwfc is not None
@@ -520,6 +524,15 @@ def _check_pseudopotentials(
                 f"{found.name}: fine for testing, converge it for production",
                 warning=True,
             )
+    # what pw.x would refuse after a run, read from the headers (issue 14.3)
+    system = system if isinstance(system, dict) else {}
+    if "input_dft" not in system:
+        clash = pseudo.functional_conflict(headers)
+        if clash is not None:
+            c.add(path, clash)
+    needs = pseudo.spinorbit_conflict(headers, system)
+    if needs is not None:
+        c.add(path, needs)
 
 
 def _check_input_data(c: _Checker, oracle: dict[str, Any]) -> None:
