@@ -677,7 +677,11 @@ def select_stage(ctx: RunContext) -> StageResult:
     ).fetchall()
     atoms_list = [jsonio.decode(r[1]) for r in rows]
     if rows:
-        fps = [fingerprint(a, r[2], r[3]) for a, r in zip(atoms_list, rows, strict=True)]
+        gap = int(cfg["sample_every"])
+        fps = [
+            fingerprint(a, r[2], r[3], walker=str(r[5]), step=int(r[7]), min_gap=gap)
+            for a, r in zip(atoms_list, rows, strict=True)
+        ]
         store_hashes = {str(h) for (h,) in conn.execute("SELECT hash FROM structures").fetchall()}
         known = [
             Fingerprint("", fp.digest, float("nan"), float("nan"))
