@@ -45,3 +45,12 @@ def test_bad_values_are_located(tmp_path: Path, old: str, new: str, where: str) 
         load_recipe(path)
     assert where in str(info.value)
     assert "bad.yaml:" in str(info.value)
+
+
+def test_a_condition_may_have_its_own_supercell() -> None:
+    from mlip_autopipec.explore.loop import condition_supercell
+
+    cfg = load_recipe(RECIPE).data["active_learning"]
+    cells = [condition_supercell(c, cfg) for c in cfg["conditions"]]
+    assert cells == [[1, 1, 1], [1, 1, 1], [2, 1, 1]]  # 8-, 8- and 16-atom walkers
+    assert "supercell" not in cfg["conditions"][0]  # no default: recorded conditions unchanged

@@ -296,6 +296,12 @@ def _supercell(atoms: Atoms, spec: list[Any]) -> Atoms:
     return make_supercell(atoms, np.array(spec, dtype=int))
 
 
+def condition_supercell(cond: dict[str, Any], cfg: dict[str, Any]) -> list[Any]:
+    """The supercell a condition's walkers use: its own ``supercell``, else the section's."""
+    spec = cond.get("supercell")
+    return list(cfg["supercell"] if spec is None else spec)
+
+
 def _seed_int(*parts: int) -> int:
     return int(np.random.default_rng([int(p) for p in parts]).integers(1 << 31))
 
@@ -319,7 +325,7 @@ def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[Walker
         for w in range(int(cfg["walkers"])):
             key = f"c{c}w{w}"
             pick = _seed_int(seed, 0, c, w) % len(seeds)
-            atoms = _supercell(seeds[pick], cfg["supercell"])
+            atoms = _supercell(seeds[pick], condition_supercell(cond, cfg))
             if cfg["start"] == "last_frames" and iteration > 1:
                 atoms = _last_safe_frame(ctx.store, iteration - 1, key, cfg) or atoms
             out.append(
@@ -339,7 +345,7 @@ def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[Walker
                     min_distance=min_distance,
                     sample_every=int(cfg["sample_every"]),
                     friction_per_fs=float(cfg["friction_per_fs"]),
-                    condition=dict(cond),
+                    condition={k: v for k, v in cond.items() if v is not None},
                 )
             )
     return out
@@ -498,7 +504,8 @@ def _explore_figures(store: Any, iteration: int, cfg: dict[str, Any]) -> dict[st
     frames = conn.execute(
         "SELECT condition, gamma FROM al_candidates WHERE iteration = ?", (iteration,)
     ).fetchall()
-    hot = json.dumps(cfg["conditions"][_hottest(cfg["conditions"])], sort_keys=True)
+    hottest = cfg["conditions"][_hottest(cfg["conditions"])]
+    hot = json.dumps({k: v for k, v in hottest.items() if v is not None}, sort_keys=True)
     hot_frames = [float(g) for c, g in frames if c == hot]
     gammas = [float(g) for _, g in frames]
     survival = [float(s) for _, _, s in walkers]
