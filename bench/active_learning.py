@@ -2,6 +2,7 @@
 
     python bench/active_learning.py [--recipe recipes/si_active_learning.yaml] [--out DIR]
                                     [--iterations N] [--test-frames 12] [--workers 2]
+                                    [--testset OUT/testset]
 
 Three ways to spend pw.x calls on the same Si system and DFT settings (the recipe's):
 
@@ -143,6 +144,12 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=None, help="refit budget per loop")
     parser.add_argument("--test-frames", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--testset",
+        type=Path,
+        default=None,
+        help="reuse the labelled fixed test set of an earlier run (its OUT/testset directory)",
+    )
     args = parser.parse_args()
 
     from ruamel.yaml import YAML
@@ -179,9 +186,15 @@ def main() -> int:
     runs["oneshot"] = out / "oneshot"
     walls["oneshot"] = _run(recipe, runs["oneshot"], args.workers)
 
-    final = _potentials(runs["dopt"])[-1]["fit_dir"]
-    frames = _md_frames(final, args.test_frames, seed=2026)
-    test = _label_test_set(load_recipe(args.recipe), frames, out, args.workers)
+    if args.testset is not None:
+        from mlip_autopipec.lifecycle.store import Store
+
+        with Store.open(args.testset.resolve(), create=False) as store:
+            test = store.labelled_atoms()
+    else:
+        final = _potentials(runs["dopt"])[-1]["fit_dir"]
+        frames = _md_frames(final, args.test_frames, seed=2026)
+        test = _label_test_set(load_recipe(args.recipe), frames, out, args.workers)
 
     record: dict[str, Any] = {"test_frames": len(test), "wall_seconds": walls, "runs": {}}
     print(f"fixed test set: {len(test)} 1000 K MD frames (8 and 16 atoms), pw.x-labelled")
