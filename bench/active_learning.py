@@ -29,6 +29,23 @@ Measured 2026-12-01 on the shared 2-core VM (load average ~11), ``--iterations 2
 No method reached the targets; random was not worse than D-optimal here. The 4-refit run of
 the recipe (33 calls) scored 28.0 / 221. Every fit's own train energy RMSE was ~20 meV/atom
 (trainer defaults, max_epochs 50), so the fits, not the selection, bound the energy error.
+
+2026-12-02, offline, on the labels of that run (no new pw.x calls; fits on 24 of its 8-atom
+frames, scored on the same fixed test set; E meV/atom / F meV/Å, 8-atom | 16-atom frames):
+
+    kappa 0.3,  50 iterations   +17..+25 / 57-104   |  -20..+20 / 125-294   (all 17.8 / 187)
+    kappa 0.3, 400 iterations    -6..-2  / 60-108   |  -52..-24 / 211-335   (all 28.9 / 239)
+    kappa 0.05, 50 iterations    -1..+8  / 63-119   |  -56..-4  / 103-323   (all 22.8 / 188)
+
+So the train error was not the limit (400 iterations: train 4.3 meV/atom, test worse): the
+8-atom test frames reach the energy target with kappa 0.05, the 16-atom ones miss both
+targets because no 16-atom cell was ever explored or labelled (the recipe now explores
+them). The two sizes have equivalent k-point sets (2x2x2 and 1x2x2 at kspacing 0.15: the
+same k-points of the 8-atom cell's reciprocal lattice), one theory. Pool-based selection
+over the same labelled frames (6 seeds, 6 picks per refit, kappa 0.05): D-optimal 12: 16.3 /
+184, 18: 20.5 / 202; random 12: 16.1 / 211, 18: 17.8 / 188, i.e. still no advantage for
+D-optimal on this test set. The full three-way bench was not re-run this round (about an
+hour on the shared machine); use ``--testset bench-al/testset`` to reuse a labelled test set.
 """
 
 from __future__ import annotations
