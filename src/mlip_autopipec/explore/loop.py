@@ -306,8 +306,15 @@ def _seed_int(*parts: int) -> int:
     return int(np.random.default_rng([int(p) for p in parts]).integers(1 << 31))
 
 
-def _hottest(conditions: list[dict[str, Any]]) -> int:
-    return int(np.argmax([float(c["temperature_K"]) for c in conditions]))
+def condition_key(cond: dict[str, Any]) -> str:
+    """How a condition is recorded with its walkers and frames (unset keys left out)."""
+    return json.dumps({k: v for k, v in cond.items() if v is not None}, sort_keys=True)
+
+
+def hottest_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conditions at the highest temperature (e.g. 8- and 16-atom cells at 1000 K)."""
+    top = max(float(c["temperature_K"]) for c in conditions)
+    return [c for c in conditions if float(c["temperature_K"]) == top]
 
 
 def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[WalkerRequest]:
@@ -345,7 +352,7 @@ def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[Walker
                     min_distance=min_distance,
                     sample_every=int(cfg["sample_every"]),
                     friction_per_fs=float(cfg["friction_per_fs"]),
-                    condition={k: v for k, v in cond.items() if v is not None},
+                    condition=json.loads(condition_key(cond)),
                 )
             )
     return out
@@ -504,9 +511,8 @@ def _explore_figures(store: Any, iteration: int, cfg: dict[str, Any]) -> dict[st
     frames = conn.execute(
         "SELECT condition, gamma FROM al_candidates WHERE iteration = ?", (iteration,)
     ).fetchall()
-    hottest = cfg["conditions"][_hottest(cfg["conditions"])]
-    hot = json.dumps({k: v for k, v in hottest.items() if v is not None}, sort_keys=True)
-    hot_frames = [float(g) for c, g in frames if c == hot]
+    hot = {condition_key(c) for c in hottest_conditions(cfg["conditions"])}
+    hot_frames = [float(g) for c, g in frames if c in hot]
     gammas = [float(g) for _, g in frames]
     survival = [float(s) for _, _, s in walkers]
     select = float(cfg["gamma_select"])
