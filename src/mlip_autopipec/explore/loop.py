@@ -59,6 +59,7 @@ from mlip_autopipec.explore.stop import IterationFigures, StopDecision, should_s
 FRAME_STATES = ("explored", "candidate", "heldout", "selected", "rejected")
 FRAME_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "hold_out", "source": ["explored", "candidate"], "dest": "heldout"},
+    {"trigger": "promote", "source": "explored", "dest": "candidate"},
     {"trigger": "select", "source": "candidate", "dest": "selected"},
     {"trigger": "reject", "source": "candidate", "dest": "rejected"},
 ]
@@ -676,6 +677,46 @@ def check_stage(ctx: RunContext) -> tuple[StageResult, StopDecision]:
     return StageResult("check", "done", {"reason": decision.reason}), decision
 
 
+#: Explored frames above this grade lie outside the active set (MaxVol's own tolerance):
+#: the ones :func:`promote_explored` may turn into candidates.
+PROMOTE_GAMMA = 1.01
+
+
+def promote_explored(store: Any, iteration: int, cfg: dict[str, Any]) -> int:
+    """Turn explored frames outside the active set into candidates when this iteration's
+    held-out errors miss the targets but fewer than ``max_selected`` frames are candidates
+    (``fill_from_explored``). Without this the loop stalls: measured on the Si recipe, after
+    one refit every walker stayed below gamma 5 (no candidate) while the held-out energy
+    error was 8 meV/atom. Idempotent; returns the number of frames promoted."""
+    if not cfg.get("fill_from_explored", True):
+        return 0
+    conn = _conn(store)
+    row = conn.execute(
+        "SELECT heldout_rmse_energy_mev_per_atom, heldout_rmse_forces_mev_per_ang"
+        " FROM al_iterations WHERE iteration = ?",
+        (iteration,),
+    ).fetchone()
+    targets = cfg.get("targets") or {}
+    if row is None or row[0] is None or row[1] is None:
+        return 0
+    misses = float(row[0]) > float(targets.get("energy_mev_per_atom", float("inf"))) or float(
+        row[1]
+    ) > float(targets.get("forces_mev_per_ang", float("inf")))
+    (candidates,) = conn.execute(
+        "SELECT COUNT(*) FROM al_candidates WHERE iteration = ? AND state = 'candidate'",
+        (iteration,),
+    ).fetchone()
+    if not misses or int(candidates) >= int(cfg["max_selected"]):
+        return 0
+    with _tx(store) as tx:
+        cur = tx.execute(
+            "UPDATE al_candidates SET state = 'candidate' WHERE iteration = ?"
+            " AND state = 'explored' AND gamma > ?",
+            (iteration, PROMOTE_GAMMA),
+        )
+    return int(cur.rowcount)
+
+
 def select_stage(ctx: RunContext) -> StageResult:
     """Decide every candidate of this iteration; add the selected ones to the store."""
     from mlip_autopipec.trainer.calculator import load_fit
@@ -683,6 +724,12 @@ def select_stage(ctx: RunContext) -> StageResult:
     iteration, _ = position(ctx.store)
     cfg = settings_of(ctx.recipe)
     conn = _conn(ctx.store)
+    promoted = promote_explored(ctx.store, iteration, cfg)
+    if promoted:
+        ctx.say(
+            f"autopipec:   held-out errors above the targets and few candidates: {promoted} "
+            f"explored frame(s) with gamma > {PROMOTE_GAMMA} become candidates"
+        )
     rows = conn.execute(
         "SELECT id, atoms, energy, max_force, gamma, walker, condition, frame, potential"
         " FROM al_candidates WHERE iteration = ? AND state = 'candidate' ORDER BY walker, frame",
