@@ -46,6 +46,17 @@ over the same labelled frames (6 seeds, 6 picks per refit, kappa 0.05): D-optima
 184, 18: 20.5 / 202; random 12: 16.1 / 211, 18: 17.8 / 188, i.e. still no advantage for
 D-optimal on this test set. The full three-way bench was not re-run this round (about an
 hour on the shared machine); use ``--testset bench-al/testset`` to reuse a labelled test set.
+
+2026-12-02, the real loop with this round's recipe (seeds rattled 0.1 Å, kappa 0.05, 8- and
+16-atom 1000 K walkers, fill_from_explored), its potentials scored on that fixed test set,
+E meV/atom / F meV/Å at pw.x calls (seeds, selections and held-out labels all counted):
+
+    dopt     6: 25.1 / 280   15:  9.6 / 142   27:  8.8 / 138
+    random   6: 25.1 / 280   15: 13.5 / 161
+
+(last round at 24 calls: dopt 24.2 / 242, random 18.4 / 204). After one refit the dopt
+potential's six walkers all ran 1000 fs below gamma 3; the random one's 16-atom walkers
+halted at gamma 25 after 216 and 868 fs. The energy target (5) is not reached by 27 calls.
 """
 
 from __future__ import annotations
