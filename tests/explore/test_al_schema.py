@@ -45,3 +45,23 @@ def test_bad_values_are_located(tmp_path: Path, old: str, new: str, where: str) 
         load_recipe(path)
     assert where in str(info.value)
     assert "bad.yaml:" in str(info.value)
+
+
+def test_a_condition_may_have_its_own_supercell() -> None:
+    from mlip_autopipec.explore.loop import condition_supercell
+
+    cfg = load_recipe(RECIPE).data["active_learning"]
+    cells = [condition_supercell(c, cfg) for c in cfg["conditions"]]
+    assert cells == [[1, 1, 1], [1, 1, 1], [2, 1, 1]]  # 8-, 8- and 16-atom walkers
+    assert "supercell" not in cfg["conditions"][0]  # no default: recorded conditions unchanged
+
+
+def test_the_stop_rule_watches_every_condition_at_the_top_temperature() -> None:
+    from mlip_autopipec.explore.loop import condition_key, hottest_conditions
+
+    conditions = load_recipe(RECIPE).data["active_learning"]["conditions"]
+    hot = hottest_conditions(conditions)
+    assert hot == [conditions[0], conditions[2]]  # 1000 K, 8 and 16 atoms; not 600 K NPT
+    assert condition_key({"ensemble": "nvt", "supercell": None, "temperature_K": 1000}) == (
+        '{"ensemble": "nvt", "temperature_K": 1000}'
+    )

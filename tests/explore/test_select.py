@@ -104,3 +104,17 @@ def test_random_order_is_a_seeded_permutation(n: int, seed: int) -> None:
     order = random_order(n, seed)
     assert sorted(order) == list(range(n))
     assert order == random_order(n, seed)
+
+
+def test_frames_a_few_steps_apart_on_one_walker_are_near_duplicates() -> None:
+    # the frame that halted a walker (step 182) and the last recorded one (step 180): the
+    # previous loop labelled both; a frame of another walker at the same step is distinct
+    def fp(walker: str, step: int, energy: float) -> Fingerprint:
+        return Fingerprint("Si8", f"{walker}{step}", energy, 1.0 + energy, walker, step, 10)
+
+    fps = [fp("c1w0", 180, -5.40), fp("c1w0", 182, -5.30), fp("c1w1", 182, -5.20)]
+    fps.append(fp("c1w0", 192, -5.10))  # 10 steps on: distinct
+    decisions = decide(fps, [1, 0, 2, 3], max_selected=5)
+    assert [d.state for d in decisions] == [REJECTED, SELECTED, SELECTED, SELECTED]
+    assert decisions[0].reason == NEAR_DUPLICATE
+    assert not fps[0].near(Fingerprint("Si8", "stored", -5.40, 1.0))  # a stored structure

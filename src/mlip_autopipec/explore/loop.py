@@ -59,6 +59,7 @@ from mlip_autopipec.explore.stop import IterationFigures, StopDecision, should_s
 FRAME_STATES = ("explored", "candidate", "heldout", "selected", "rejected")
 FRAME_TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "hold_out", "source": ["explored", "candidate"], "dest": "heldout"},
+    {"trigger": "promote", "source": "explored", "dest": "candidate"},
     {"trigger": "select", "source": "candidate", "dest": "selected"},
     {"trigger": "reject", "source": "candidate", "dest": "rejected"},
 ]
@@ -296,12 +297,25 @@ def _supercell(atoms: Atoms, spec: list[Any]) -> Atoms:
     return make_supercell(atoms, np.array(spec, dtype=int))
 
 
+def condition_supercell(cond: dict[str, Any], cfg: dict[str, Any]) -> list[Any]:
+    """The supercell a condition's walkers use: its own ``supercell``, else the section's."""
+    spec = cond.get("supercell")
+    return list(cfg["supercell"] if spec is None else spec)
+
+
 def _seed_int(*parts: int) -> int:
     return int(np.random.default_rng([int(p) for p in parts]).integers(1 << 31))
 
 
-def _hottest(conditions: list[dict[str, Any]]) -> int:
-    return int(np.argmax([float(c["temperature_K"]) for c in conditions]))
+def condition_key(cond: dict[str, Any]) -> str:
+    """How a condition is recorded with its walkers and frames (unset keys left out)."""
+    return json.dumps({k: v for k, v in cond.items() if v is not None}, sort_keys=True)
+
+
+def hottest_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conditions at the highest temperature (e.g. 8- and 16-atom cells at 1000 K)."""
+    top = max(float(c["temperature_K"]) for c in conditions)
+    return [c for c in conditions if float(c["temperature_K"]) == top]
 
 
 def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[WalkerRequest]:
@@ -318,7 +332,7 @@ def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[Walker
         for w in range(int(cfg["walkers"])):
             key = f"c{c}w{w}"
             pick = _seed_int(seed, 0, c, w) % len(seeds)
-            atoms = _supercell(seeds[pick], cfg["supercell"])
+            atoms = _supercell(seeds[pick], condition_supercell(cond, cfg))
             if cfg["start"] == "last_frames" and iteration > 1:
                 atoms = _last_safe_frame(ctx.store, iteration - 1, key, cfg) or atoms
             out.append(
@@ -338,7 +352,7 @@ def walker_requests(ctx: RunContext, iteration: int, parent: int) -> list[Walker
                     min_distance=min_distance,
                     sample_every=int(cfg["sample_every"]),
                     friction_per_fs=float(cfg["friction_per_fs"]),
-                    condition=dict(cond),
+                    condition=json.loads(condition_key(cond)),
                 )
             )
     return out
@@ -497,8 +511,8 @@ def _explore_figures(store: Any, iteration: int, cfg: dict[str, Any]) -> dict[st
     frames = conn.execute(
         "SELECT condition, gamma FROM al_candidates WHERE iteration = ?", (iteration,)
     ).fetchall()
-    hot = json.dumps(cfg["conditions"][_hottest(cfg["conditions"])], sort_keys=True)
-    hot_frames = [float(g) for c, g in frames if c == hot]
+    hot = {condition_key(c) for c in hottest_conditions(cfg["conditions"])}
+    hot_frames = [float(g) for c, g in frames if c in hot]
     gammas = [float(g) for _, g in frames]
     survival = [float(s) for _, _, s in walkers]
     select = float(cfg["gamma_select"])
@@ -662,6 +676,46 @@ def check_stage(ctx: RunContext) -> tuple[StageResult, StopDecision]:
     return StageResult("check", "done", {"reason": decision.reason}), decision
 
 
+#: Explored frames above this grade lie outside the active set (MaxVol's own tolerance):
+#: the ones :func:`promote_explored` may turn into candidates.
+PROMOTE_GAMMA = 1.01
+
+
+def promote_explored(store: Any, iteration: int, cfg: dict[str, Any]) -> int:
+    """Turn explored frames outside the active set into candidates when this iteration's
+    held-out errors miss the targets but fewer than ``max_selected`` frames are candidates
+    (``fill_from_explored``). Without this the loop stalls: measured on the Si recipe, after
+    one refit every walker stayed below gamma 5 (no candidate) while the held-out energy
+    error was 8 meV/atom. Idempotent; returns the number of frames promoted."""
+    if not cfg.get("fill_from_explored", True):
+        return 0
+    conn = _conn(store)
+    row = conn.execute(
+        "SELECT heldout_rmse_energy_mev_per_atom, heldout_rmse_forces_mev_per_ang"
+        " FROM al_iterations WHERE iteration = ?",
+        (iteration,),
+    ).fetchone()
+    targets = cfg.get("targets") or {}
+    if row is None or row[0] is None or row[1] is None:
+        return 0
+    misses = float(row[0]) > float(targets.get("energy_mev_per_atom", float("inf"))) or float(
+        row[1]
+    ) > float(targets.get("forces_mev_per_ang", float("inf")))
+    (candidates,) = conn.execute(
+        "SELECT COUNT(*) FROM al_candidates WHERE iteration = ? AND state = 'candidate'",
+        (iteration,),
+    ).fetchone()
+    if not misses or int(candidates) >= int(cfg["max_selected"]):
+        return 0
+    with _tx(store) as tx:
+        cur = tx.execute(
+            "UPDATE al_candidates SET state = 'candidate' WHERE iteration = ?"
+            " AND state = 'explored' AND gamma > ?",
+            (iteration, PROMOTE_GAMMA),
+        )
+    return int(cur.rowcount)
+
+
 def select_stage(ctx: RunContext) -> StageResult:
     """Decide every candidate of this iteration; add the selected ones to the store."""
     from mlip_autopipec.trainer.calculator import load_fit
@@ -669,6 +723,12 @@ def select_stage(ctx: RunContext) -> StageResult:
     iteration, _ = position(ctx.store)
     cfg = settings_of(ctx.recipe)
     conn = _conn(ctx.store)
+    promoted = promote_explored(ctx.store, iteration, cfg)
+    if promoted:
+        ctx.say(
+            f"autopipec:   held-out errors above the targets and few candidates: {promoted} "
+            f"explored frame(s) with gamma > {PROMOTE_GAMMA} become candidates"
+        )
     rows = conn.execute(
         "SELECT id, atoms, energy, max_force, gamma, walker, condition, frame, potential"
         " FROM al_candidates WHERE iteration = ? AND state = 'candidate' ORDER BY walker, frame",
@@ -676,7 +736,11 @@ def select_stage(ctx: RunContext) -> StageResult:
     ).fetchall()
     atoms_list = [jsonio.decode(r[1]) for r in rows]
     if rows:
-        fps = [fingerprint(a, r[2], r[3]) for a, r in zip(atoms_list, rows, strict=True)]
+        gap = int(cfg["sample_every"])
+        fps = [
+            fingerprint(a, r[2], r[3], walker=str(r[5]), step=int(r[7]), min_gap=gap)
+            for a, r in zip(atoms_list, rows, strict=True)
+        ]
         store_hashes = {str(h) for (h,) in conn.execute("SELECT hash FROM structures").fetchall()}
         known = [
             Fingerprint("", fp.digest, float("nan"), float("nan"))

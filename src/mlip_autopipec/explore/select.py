@@ -38,16 +38,31 @@ FORCE_TOL = 1e-2
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """The cheap identity of a frame: composition, content hash, energy/atom, max force."""
+    """The cheap identity of a frame: composition, content hash, energy/atom, max force,
+    and where it was recorded (``walker``, MD ``step``; empty/-1 for a stored structure).
+
+    ``min_gap``: two frames of the same walker fewer than this many MD steps apart are one
+    configuration (a walker records every ``sample_every`` steps, plus the frame that halted
+    it, which can be 1-2 steps after the last recorded one: the loop labelled both)."""
 
     formula: str
     digest: str
     energy_per_atom: float
     max_force: float
+    walker: str = ""
+    step: int = -1
+    min_gap: int = 0
 
     def near(self, other: Fingerprint, e_tol: float = ENERGY_TOL, f_tol: float = FORCE_TOL) -> bool:
-        """Same structure (hash) or indistinguishable by the potential's energy and forces."""
+        """Same structure (hash), a few steps apart on one walker, or indistinguishable by
+        the potential's energy and forces."""
         if self.digest == other.digest:
+            return True
+        if (
+            self.walker
+            and self.walker == other.walker
+            and abs(self.step - other.step) < max(self.min_gap, other.min_gap)
+        ):
             return True
         return (
             self.formula == other.formula
@@ -98,7 +113,14 @@ def decide(
     return [out.get(i, Decision(i, REJECTED, NOT_SELECTED_BY_MAXVOL)) for i in range(n)]
 
 
-def fingerprint(atoms: Atoms, energy: float, max_force: float) -> Fingerprint:
+def fingerprint(
+    atoms: Atoms,
+    energy: float,
+    max_force: float,
+    walker: str = "",
+    step: int = -1,
+    min_gap: int = 0,
+) -> Fingerprint:
     """:class:`Fingerprint` of a frame (``energy`` in eV from the exploring potential)."""
     from mlip_autopipec.lifecycle.store import content_hash
 
@@ -107,6 +129,9 @@ def fingerprint(atoms: Atoms, energy: float, max_force: float) -> Fingerprint:
         digest=content_hash(atoms),
         energy_per_atom=float(energy) / max(len(atoms), 1),
         max_force=float(max_force),
+        walker=walker,
+        step=int(step),
+        min_gap=int(min_gap),
     )
 
 

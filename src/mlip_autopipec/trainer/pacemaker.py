@@ -502,8 +502,11 @@ class PacemakerTrainer:
         embed_reference_energies(yace, inputs["baseline"]["reference_energies"])
 
         remaining = max(profile.timeout - (time.monotonic() - start), 1.0)
+        # -a: every training atom may enter the active set. By default pace_activeset
+        # leaves out atoms whose force error exceeds Q3 + 1.5 IQR, and a training cell the
+        # fit matches less well (e.g. after a continued refit) then got gamma 199-726.
         act = _run(
-            [_tool(argv, "pace_activeset"), POTENTIAL_YAML, "-d", TRAIN_FILE, "-V"],
+            [_tool(argv, "pace_activeset"), POTENTIAL_YAML, "-d", TRAIN_FILE, "-a", "-V"],
             workdir,
             "pace_activeset",
             remaining,
