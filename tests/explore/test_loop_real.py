@@ -80,6 +80,29 @@ def test_every_candidate_is_decided_with_a_reason(ci_run: dict[str, Any]) -> Non
             assert gamma <= 5.0
 
 
+def test_selected_frames_carry_their_provenance(ci_run: dict[str, Any]) -> None:
+    """Issue 13: every loop structure records its iteration, origin (walker, condition,
+    frame), the potential that proposed it and its gamma at selection."""
+    db = ci_run["run_dir"] / DB_NAME
+    rows = _rows(
+        db,
+        "SELECT c.iteration, c.walker, c.frame, c.gamma, c.potential, s.iteration, s.origin,"
+        " s.parent_potential, s.gamma FROM al_candidates c JOIN structures s"
+        " ON s.id = c.structure_id WHERE c.state = 'selected'",
+    )
+    assert rows
+    for it, walker, frame, gamma, pid, s_it, origin, parent, s_gamma in rows:
+        o = json.loads(origin)
+        assert (s_it, parent) == (it, pid) and s_it >= 1
+        assert s_gamma == pytest.approx(gamma)
+        assert o["kind"] == "md" and (o["walker"], o["frame"], o["iteration"]) == (
+            walker,
+            frame,
+            it,
+        )
+        assert o["condition"]["temperature_K"] > 0
+
+
 def test_heldout_frames_are_never_trained_on(ci_run: dict[str, Any]) -> None:
     run_dir = ci_run["run_dir"]
     with Store.open(run_dir / HELDOUT_DIR, create=False) as held:

@@ -765,20 +765,35 @@ def select_stage(ctx: RunContext) -> StageResult:
         (iteration, SELECTED),
     ).fetchall()
     if chosen:
-        items = []
-        for _, text, walker, cond, frame, gamma, pid in chosen:
-            c = json.loads(cond)
-            source = (
-                f"md it{iteration} {walker} {c['ensemble']} {c['temperature_K']:g}K "
-                f"frame {frame} gamma {gamma:.3g} potential {pid}"
-            )
-            items.append((jsonio.decode(text), source))
-        ids = ctx.store.add_structures(items)
-        with _tx(ctx.store) as tx:
-            tx.executemany(
-                "UPDATE al_candidates SET structure_id = ? WHERE id = ?",
-                ((sid, int(r[0])) for sid, r in zip(ids, chosen, strict=True)),
-            )
+        # provenance (issue 13): iteration, origin (walker, condition, frame), the
+        # potential that proposed the frame and its gamma at selection
+        by_potential: dict[int | None, list[Any]] = {}
+        for row in chosen:
+            by_potential.setdefault(None if row[6] is None else int(row[6]), []).append(row)
+        for pid, group in by_potential.items():
+            items = []
+            for _, text, walker, cond, frame, gamma, _pid in group:
+                c = json.loads(cond)
+                source = (
+                    f"md it{iteration} {walker} {c['ensemble']} {c['temperature_K']:g}K "
+                    f"frame {frame} gamma {gamma:.3g} potential {pid}"
+                )
+                origin = {
+                    "kind": "md",
+                    "source": source,
+                    "iteration": iteration,
+                    "walker": walker,
+                    "condition": c,
+                    "frame": int(frame),
+                }
+                gamma_value = None if gamma is None else float(gamma)
+                items.append((jsonio.decode(text), source, origin, gamma_value))
+            ids = ctx.store.add_structures(items, iteration=iteration, parent_potential=pid)
+            with _tx(ctx.store) as tx:
+                tx.executemany(
+                    "UPDATE al_candidates SET structure_id = ? WHERE id = ?",
+                    ((sid, int(r[0])) for sid, r in zip(ids, group, strict=True)),
+                )
     states = frame_states(ctx.store, iteration)
     reasons = dict(
         conn.execute(
