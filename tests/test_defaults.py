@@ -25,17 +25,8 @@ SRC = Path(mlip_autopipec.__file__).parent
 #: Values that mean "nothing given" rather than a chosen setting: not counted.
 NEUTRAL = (None, "", False, 0, 0.0, {}, [], ())
 
-#: Re-declarations left in files other helpers own this round (file, key): to be removed by
-#: their owners; the test fails on any *new* one.
-KNOWN: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("trainer/zbl.py", "inner_fraction"),
-        ("trainer/zbl.py", "delta_fraction"),
-        ("recipe/structures.py", "supercell"),
-        ("recipe/structures.py", "index"),
-        ("oracle/ladder.py", "factor"),
-    }
-)
+#: Re-declarations still allowed (file, key): none left.
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 
 def schema_defaults() -> dict[str, list[Any]]:

@@ -687,7 +687,9 @@ def promote_explored(store: Any, iteration: int, cfg: dict[str, Any]) -> int:
     (``fill_from_explored``). Without this the loop stalls: measured on the Si recipe, after
     one refit every walker stayed below gamma 5 (no candidate) while the held-out energy
     error was 8 meV/atom. Idempotent; returns the number of frames promoted."""
-    if not cfg.get("fill_from_explored", True):
+    from mlip_autopipec.recipe.schema import schema_default
+
+    if not cfg.get("fill_from_explored", schema_default("active_learning", "fill_from_explored")):
         return 0
     conn = _conn(store)
     row = conn.execute(

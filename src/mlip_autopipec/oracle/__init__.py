@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     )
     from mlip_autopipec.oracle.ladder import (
         DEFAULT_LADDERS,
-        DEFAULT_MAX_ATTEMPTS,
         default_ladder_markdown,
         plan_next,
         scf_trend,
@@ -56,7 +55,6 @@ _LAZY = {
     "label_serially": "espresso",
     "min_interatomic_distance": "espresso",
     "DEFAULT_LADDERS": "ladder",
-    "DEFAULT_MAX_ATTEMPTS": "ladder",
     "default_ladder_markdown": "ladder",
     "plan_next": "ladder",
     "scf_trend": "ladder",
@@ -76,7 +74,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CLASSES",
     "DEFAULT_LADDERS",
-    "DEFAULT_MAX_ATTEMPTS",
     "PERMANENT",
     "RETRYABLE",
     "AttemptRequest",

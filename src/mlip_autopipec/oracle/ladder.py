@@ -101,6 +101,14 @@ from typing import Any, Final, Protocol
 from mlip_autopipec.oracle.effective import pwx_default
 from mlip_autopipec.oracle.failures import PERMANENT, RETRYABLE, FailureClass, classes_markdown
 
+
+def _printed_factor() -> float:
+    """The schema's default factor of a ``scale_printed`` rule."""
+    from mlip_autopipec.recipe.schema import schema_default  # recipe imports this module
+
+    return float(schema_default("$defs", "ladder", "scale_printed", "system.nbnd", "factor"))
+
+
 RESTART_SCRATCH: Final = "scratch"
 RESTART_CHARGE_DENSITY: Final = "charge_density"
 
@@ -353,8 +361,6 @@ DEFAULT_LADDERS: Final[Mapping[str, list[dict[str, Any]]]] = {
     ],
 }
 
-DEFAULT_MAX_ATTEMPTS: Final = 6
-
 STEP_KEYS: Final = frozenset(
     {
         "set",
@@ -482,7 +488,7 @@ def apply_step(
         value = None if name is None else (printed or {}).get(name)
         if value is None:
             raise ValueError(f"cannot scale {key!r}: pw.x did not print it")
-        factor = float(rule.get("factor", 1.0))
+        factor = float(rule.get("factor", _printed_factor()))
         at_least = int(rule.get("at_least", 0))
         out[key] = max(math.ceil(int(value) * factor), int(value) + at_least)
     for key, value in (step.get("set") or {}).items():
@@ -540,7 +546,9 @@ def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
                         f"one of {sorted(PRINTED_KEYS)}"
                     )
                 ok = isinstance(rule, Mapping) and set(rule) <= {"factor", "at_least"}
-                factor = rule.get("factor", 1.0) if isinstance(rule, Mapping) else None
+                factor = (
+                    rule.get("factor", _printed_factor()) if isinstance(rule, Mapping) else None
+                )
                 at_least = rule.get("at_least", 0) if isinstance(rule, Mapping) else None
                 if not (
                     ok
@@ -755,7 +763,8 @@ def default_ladder_markdown(
             changes += [f"`{k} x {fmt(v)}`" for k, v in (step.get("scale") or {}).items()]
             for k, v in (step.get("scale_printed") or {}).items():
                 changes.append(
-                    f"`{k}` = max(printed x {v.get('factor', 1)}, printed + {v.get('at_least', 0)})"
+                    f"`{k}` = max(printed x {v.get('factor', _printed_factor()):g}, "
+                    f"printed + {v.get('at_least', 0)})"
                 )
             if step.get("kspacing") is not None:
                 changes.append(f"`kspacing = {step['kspacing']}`")

@@ -101,12 +101,43 @@ def schema_default(*path: str) -> Any:
     """A copy of the schema's default of the key at ``path`` (property names from the root),
     for code that must read a setting from a section the caller may have left partial (the
     API, validation of a raw recipe): the default is then still written only in the schema.
+
+    A name is looked up in the node's ``properties``, else in its ``items``,
+    ``additionalProperties`` and ``oneOf``/``anyOf``/``allOf`` branches (the first that has
+    it): ``schema_default("trainer", "physics_baseline", "inner_fraction")`` finds the ZBL
+    branch. A path may start at ``"$defs", name``.
     """
+    return copy.deepcopy(_default_at(tuple(path)))
+
+
+@functools.lru_cache(maxsize=256)
+def _default_at(path: tuple[str, ...]) -> Any:
     root = load_schema()
     node: Any = root
+    if path[:1] == ("$defs",):
+        node, path = root["$defs"][path[1]], path[2:]
     for key in path:
-        node = _resolve(node, root)["properties"][key]
-    return copy.deepcopy(_resolve(node, root)["default"])
+        node = _child(node, key, root)
+    return _resolve(node, root)["default"]
+
+
+def _child(node: Any, key: str, root: dict[str, Any]) -> Any:
+    node = _resolve(node, root)
+    if not isinstance(node, dict):
+        raise KeyError(key)
+    props = node.get("properties") or {}
+    if key in props:
+        return props[key]
+    subs = [node.get("items"), node.get("additionalProperties")]
+    for combinator in ("oneOf", "anyOf", "allOf"):
+        subs.extend(node.get(combinator) or [])
+    for sub in subs:
+        if isinstance(sub, dict):
+            try:
+                return _child(sub, key, root)
+            except KeyError:
+                continue
+    raise KeyError(key)
 
 
 def _resolve(schema: Any, root: dict[str, Any]) -> Any:

@@ -29,6 +29,7 @@ from ase.data import atomic_numbers
 from ase.io.formats import UnknownFileTypeError, ioformats, string2index
 
 from mlip_autopipec.recipe.model import Recipe, SourcedAtoms
+from mlip_autopipec.recipe.schema import schema_default
 
 #: Strains closer to zero than this are the unstrained cell.
 _ZERO_STRAIN = 1e-12
@@ -166,7 +167,9 @@ def bulk_base(spec: dict[str, Any]) -> Atoms:
         cubic=bool(spec.get("cubic", False)),
         orthorhombic=bool(spec.get("orthorhombic", False)),
     )
-    return _supercell(atoms, spec.get("supercell", [1, 1, 1]))
+    return _supercell(
+        atoms, spec.get("supercell", schema_default("structures", "bulk", "supercell"))
+    )
 
 
 def _bulk(i: int, entry: dict[str, Any], base_dir: Path) -> list[Base]:
@@ -182,7 +185,7 @@ def _bulk(i: int, entry: dict[str, Any], base_dir: Path) -> list[Base]:
         label += " cubic"
     if spec.get("orthorhombic"):
         label += " orthorhombic"
-    sc = spec.get("supercell", [1, 1, 1])
+    sc = spec.get("supercell", schema_default("structures", "bulk", "supercell"))
     if sc != [1, 1, 1]:
         label += _supercell_label(sc)
     return [Base(label, atoms, f"structures[{i}]")]
@@ -293,7 +296,7 @@ def read_frames(entry: dict[str, Any], base_dir: Path) -> list[tuple[int, Atoms]
     if isinstance(frames, Atoms):
         frames = [frames]
     numbers = list(range(len(frames)))
-    index = parse_index(entry.get("index", ":"))
+    index = parse_index(entry.get("index", schema_default("structures", "index")))
     if isinstance(index, int):
         if not -len(frames) <= index < len(frames):
             raise IndexError(f"index {index} is out of range: the file has {len(frames)} frames")

@@ -16,6 +16,10 @@ from itertools import combinations_with_replacement
 from typing import Any
 
 from mlip_autopipec.errors import TrainerError
+from mlip_autopipec.recipe.schema import schema_default
+
+#: where the ZBL baseline's settings live in the schema (their defaults are read there)
+_ZBL = ("trainer", "physics_baseline")
 
 
 def pair_key(a: str, b: str) -> str:
@@ -53,8 +57,8 @@ def zbl_cutoffs(baseline: Mapping[str, Any], elements: Sequence[str]) -> dict[st
 
     inner = _per_pair(baseline.get("inner_cutoff"), "inner_cutoff", elements)
     delta = _per_pair(baseline.get("delta_in"), "delta_in", elements)
-    f_in = float(baseline.get("inner_fraction", 0.75))
-    f_delta = float(baseline.get("delta_fraction", 0.25))
+    f_in = float(baseline.get("inner_fraction", schema_default(*_ZBL, "inner_fraction")))
+    f_delta = float(baseline.get("delta_fraction", schema_default(*_ZBL, "delta_fraction")))
     out: dict[str, dict[str, Any]] = {}
     for a, b in combinations_with_replacement(sorted(elements), 2):
         key = pair_key(a, b)
