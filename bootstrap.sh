@@ -93,4 +93,4 @@ cleanup() { ((slurm_started)) && .ci/slurm/stop.sh || true; }
 trap cleanup EXIT
 
 log "pytest"
-pytest "${@:2}"
+pytest --durations=25 "${@:2}"

@@ -136,7 +136,7 @@ def test_prune_leaves_removed_structures_out_of_labelling_and_comes_back(tmp_pat
 
 
 @needs_pwx
-@pytest.mark.slow
+@pytest.mark.long  # ~130 s: the default suite keeps the labelling half above and the loop's fits
 def test_prune_refits_without_the_removed_structures(tmp_path: Path) -> None:
     """Real fits: a structure that left the recipe is trained on until ``--prune``, which
     refits without it (~130 s on a busy machine: three 4-iteration pacemaker fits, four reports)."""
