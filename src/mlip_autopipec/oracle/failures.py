@@ -105,13 +105,15 @@ CLASSES: Final[tuple[ClassInfo, ...]] = (
         F.XC_CONFLICT,
         True,
         False,
-        "The pseudopotentials (or the input) disagree on the exchange-correlation functional.",
+        "The pseudopotentials (or the input) disagree on the exchange-correlation functional "
+        "(read from the UPF headers in preflight, no pw.x run, unless `input_dft` is set).",
     ),
     ClassInfo(
         F.NEEDS_SPINORBIT,
         True,
         False,
-        "A fully-relativistic pseudopotential without `lspinorb`.",
+        "A fully-relativistic ultrasoft/PAW pseudopotential without `lspinorb` (preflight "
+        "from the UPF header; pw.x averages a norm-conserving one by itself).",
     ),
     ClassInfo(
         F.OVERLAPPING_ATOMS,
