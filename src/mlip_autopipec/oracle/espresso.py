@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -35,18 +34,10 @@ from mlip_autopipec.oracle.ladder import (
     validate_ladders,
 )
 from mlip_autopipec.oracle.magnetism import is_magnetic, pw_fractions
-from mlip_autopipec.oracle.preflight import core_radius, overlapping_cores
+from mlip_autopipec.oracle.preflight import core_radius, overlapping_cores, upf_header
 from mlip_autopipec.oracle.theory import kpoint_record, pseudo_info, theory_key, theory_of
 
 PSEUDO_LINK_DIR = "pseudo"
-
-
-@functools.lru_cache(maxsize=64)
-def _upf_header(path: str, mtime_ns: int) -> Any:
-    """A pseudopotential's header, read once per file version (preflight runs per structure)."""
-    from mlip_autopipec.recipe.pseudo import read_header
-
-    return read_header(Path(path))
 
 
 #: pw.x keys the oracle derives from the atoms' initial moments; never taken from input_data
@@ -164,15 +155,14 @@ class EspressoOracle:
         headers = {}
         for el, path in self._elements_pseudos(atoms).items():
             try:
-                headers[el] = _upf_header(str(path), path.stat().st_mtime_ns)
+                headers[el] = upf_header(path)
             except (OSError, EOFError, ValueError):
                 continue  # pw.x will say what is wrong with the file
         if "system.input_dft" not in self.base:
             clash = pseudo.functional_conflict(headers)
             if clash is not None:
                 return self._permanent(FailureClass.XC_CONFLICT, clash)
-        system = {"lspinorb": self.base.get("system.lspinorb")}
-        needs = pseudo.spinorbit_conflict(headers, system)
+        needs = pseudo.spinorbit_conflict(headers, self.base.get("system.lspinorb") is True)
         if needs is not None:
             return self._permanent(FailureClass.NEEDS_SPINORBIT, needs)
         return None

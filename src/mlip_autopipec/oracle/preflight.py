@@ -30,11 +30,14 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 from ase.units import Bohr
+
+if TYPE_CHECKING:
+    from mlip_autopipec.recipe.pseudo import UpfHeader
 
 #: A UPF v2 PP_BETA tag and its ``cutoff_radius="2.0e0"`` / ``ultrasoft_cutoff_radius``.
 _BETA_TAG_RE: Final = re.compile(r"<PP_BETA\.\d+[^>]*>", re.S)
@@ -60,6 +63,21 @@ def core_radius(path: Path) -> float | None:
     return _core_radius_cached(str(p.resolve()), p.stat().st_mtime_ns)
 
 
+@lru_cache(maxsize=64)
+def _upf_header_cached(path: str, mtime_ns: int) -> UpfHeader:
+    from mlip_autopipec.recipe.pseudo import read_header  # the recipe package imports oracle
+
+    return read_header(Path(path))
+
+
+def upf_header(path: Path) -> UpfHeader:
+    """A UPF file's header (:func:`~mlip_autopipec.recipe.pseudo.read_header`), read once
+    per file version: the preflight runs per structure. Raises OSError/EOFError/ValueError
+    as ``read_header`` does."""
+    p = Path(path)
+    return _upf_header_cached(str(p.resolve()), p.stat().st_mtime_ns)
+
+
 def overlapping_cores(
     atoms: Atoms, radii: Mapping[str, float | None], fraction: float
 ) -> tuple[float, int, int, float] | None:
@@ -82,4 +100,4 @@ def overlapping_cores(
     return worst
 
 
-__all__ = ["core_radius", "overlapping_cores"]
+__all__ = ["core_radius", "overlapping_cores", "upf_header"]

@@ -183,14 +183,14 @@ def functional_conflict(headers: dict[str, UpfHeader]) -> str | None:
     )
 
 
-def spinorbit_conflict(headers: dict[str, UpfHeader], system: dict[str, object]) -> str | None:
+def spinorbit_conflict(headers: dict[str, UpfHeader], lspinorb: bool) -> str | None:
     """Why pw.x will refuse these files for want of ``lspinorb`` (class ``needs_spinorbit``).
 
     pw.x 6.7 averages a fully-relativistic norm-conserving file to a scalar-relativistic
     one by itself, but stops for an ultrasoft/PAW one (``average_pp``: "FR-PP please use
     lspinorb=.true.").
     """
-    if system.get("lspinorb") is True:
+    if lspinorb:
         return None
     bad = sorted(el for el, h in headers.items() if h.fully_relativistic and h.ultrasoft)
     if not bad:

@@ -530,7 +530,7 @@ def _check_pseudopotentials(
         clash = pseudo.functional_conflict(headers)
         if clash is not None:
             c.add(path, clash)
-    needs = pseudo.spinorbit_conflict(headers, system)
+    needs = pseudo.spinorbit_conflict(headers, system.get("lspinorb") is True)
     if needs is not None:
         c.add(path, needs)
 
