@@ -2,7 +2,7 @@
 
     python bench/active_learning.py [--recipe recipes/si_active_learning.yaml] [--out DIR]
                                     [--iterations N] [--test-frames 12] [--workers 2]
-                                    [--testset OUT/testset]
+                                    [--test-structures OUT/testset]
 
 Three ways to spend pw.x calls on the same Si system and DFT settings (the recipe's):
 
@@ -73,6 +73,8 @@ import json
 import sqlite3
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +181,11 @@ def main() -> int:
     parser.add_argument("--test-frames", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--testset",
+        "--test-structures",
         type=Path,
         default=None,
-        help="reuse the labelled fixed test set of an earlier run (its OUT/testset directory)",
+        help="take the test frames from an earlier test set (its OUT/testset directory) and "
+        "label them with this recipe's settings (instead of MD with the final dopt potential)",
     )
     args = parser.parse_args()
 
@@ -194,15 +197,19 @@ def main() -> int:
     out = args.out.resolve()
     walls: dict[str, float] = {}
     runs: dict[str, Path] = {}
+    recipes: dict[str, Path] = {}
     for mode in ("dopt", "random"):
         data = copy.deepcopy(base)
         data["name"] = f"{base['name']}-{mode}"
         data["active_learning"]["selection"] = mode
         if args.iterations is not None:
             data["active_learning"].setdefault("budget", {})["iterations"] = args.iterations
-        recipe = _write_recipe(data, out / f"{mode}.yaml")
+        recipes[mode] = _write_recipe(data, out / f"{mode}.yaml")
         runs[mode] = out / mode
-        walls[mode] = _run(recipe, runs[mode], args.workers)
+    # the two loops side by side (one process each): a fit of one overlaps pw.x of the other
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        futures = {m: pool.submit(_run, recipes[m], runs[m], args.workers) for m in recipes}
+        walls.update({m: f.result() for m, f in futures.items()})
     # the one-shot recipe: as many labels as the dopt loop's training set, no loop
     with sqlite3.connect(runs["dopt"] / "autopipec.sqlite") as conn:
         n_dopt = int(conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
@@ -220,16 +227,21 @@ def main() -> int:
     runs["oneshot"] = out / "oneshot"
     walls["oneshot"] = _run(recipe, runs["oneshot"], args.workers)
 
-    if args.testset is not None:
+    if args.test_structures is not None:
         from mlip_autopipec.lifecycle.store import Store
 
-        with Store.open(args.testset.resolve(), create=False) as store:
-            test = store.labelled_atoms()
+        # the frames of an earlier test set, labelled again here with this recipe's settings
+        with Store.open(args.test_structures.resolve(), create=False) as store:
+            frames = [
+                Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True)
+                for a in store.labelled_atoms()
+            ]
     else:
         final = _potentials(runs["dopt"])[-1]["fit_dir"]
         frames = _md_frames(final, args.test_frames, seed=2026)
-        test = _label_test_set(load_recipe(args.recipe), frames, out, args.workers)
+    test = _label_test_set(load_recipe(args.recipe), frames, out, args.workers)
 
+    sizes = sorted({len(a) for a in test})
     record: dict[str, Any] = {"test_frames": len(test), "wall_seconds": walls, "runs": {}}
     print(f"fixed test set: {len(test)} 1000 K MD frames (8 and 16 atoms), pw.x-labelled")
     print(f"{'method':8} {'pw.x calls':>10} {'E meV/atom':>11} {'F meV/Å':>9}  reached")
@@ -237,10 +249,17 @@ def main() -> int:
         rows = []
         for pot in _potentials(run_dir):
             e, f = _score(pot["fit_dir"], test)
+            by_size = {n: _score(pot["fit_dir"], [a for a in test if len(a) == n]) for n in sizes}
             reached = e <= TARGET_E and f <= TARGET_F
-            rows.append({"potential": pot["id"], "pwx_calls": pot["pwx_calls"], "e": e, "f": f})
+            rows.append(
+                {"potential": pot["id"], "pwx_calls": pot["pwx_calls"], "e": e, "f": f}
+                | {f"e{n}": v[0] for n, v in by_size.items()}
+                | {f"f{n}": v[1] for n, v in by_size.items()}
+            )
+            parts = "  ".join(f"{n} atoms {v[0]:.1f} / {v[1]:.0f}" for n, v in by_size.items())
             print(
-                f"{mode:8} {pot['pwx_calls']:>10} {e:>11.2f} {f:>9.1f}  {'yes' if reached else ''}"
+                f"{mode:8} {pot['pwx_calls']:>10} {e:>11.2f} {f:>9.1f}  "
+                f"{'yes' if reached else '   '}  ({parts})"
             )
         first = next((r for r in rows if r["e"] <= TARGET_E and r["f"] <= TARGET_F), None)
         record["runs"][mode] = {
