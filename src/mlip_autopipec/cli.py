@@ -201,7 +201,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(render_table(data, fit_verdict(args.run_dir)))
+        from mlip_autopipec.lifecycle.theories import run_theories
+
+        print(render_table(data, fit_verdict(args.run_dir), run_theories(args.run_dir)))
     return EXIT_OK
 
 
