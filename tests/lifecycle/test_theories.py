@@ -8,9 +8,16 @@ import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import ase.db
+import ase.io
+import numpy as np
+import pandas as pd
 import pytest
 
+from mlip_autopipec.errors import UsageError
+from mlip_autopipec.lifecycle.export import export
 from mlip_autopipec.lifecycle.status import render_table, status_json
 from mlip_autopipec.lifecycle.theories import run_theories
 
@@ -122,3 +129,88 @@ def test_status_shows_the_relabels_and_the_fitted_theory(runs: dict[str, Path]) 
     table = _table(runs["fitted"])
     assert "(1 label, 2 relabels, fitted)" in table and "(2 labels, not fitted)" in table
     assert "  fitted on theory T1" in table
+
+
+def _frames(path: Path) -> dict[int, Any]:
+    return {int(f.info["structure_id"]): f for f in ase.io.read(path, ":")}
+
+
+def test_export_writes_the_labels_the_fit_uses(runs: dict[str, Path], tmp_path: Path) -> None:
+    from mlip_autopipec.lifecycle.store import Store
+    from mlip_autopipec.oracle.relabel import RELABEL_DIR, relabelled_training_set
+
+    run_dir = runs["relabelled"]
+    with Store.open(run_dir, create=False) as store:
+        recorded = {int(a.info["structure_id"]): a for a in store.labelled_atoms()}
+        fitted = {  # what the trainer fits on (stages.train)
+            int(a.info["structure_id"]): a
+            for a in relabelled_training_set(store.labelled_atoms(), run_dir)
+        }
+    with Store.open(run_dir / RELABEL_DIR, create=False) as rstore:
+        rids = {r["origin"]["structure"]: r["id"] for r in rstore.structure_rows()}
+    frames = _frames(export(run_dir, "extxyz", tmp_path / "t.extxyz"))
+    target = recorded[1].info["theory_key"]
+    assert sorted(frames) == [1, 2, 3]
+    for sid, frame in frames.items():
+        assert frame.info["in_training_set"] is True
+        assert frame.info["theory_key"] == target  # one level of theory
+        assert frame.get_potential_energy() == pytest.approx(fitted[sid].get_potential_energy())
+        assert np.allclose(frame.get_forces(), fitted[sid].get_forces())
+        assert np.allclose(frame.get_stress(), fitted[sid].get_stress())
+    for sid in (2, 3):
+        assert frames[sid].info["relabelled_from_theory_key"] == recorded[sid].info["theory_key"]
+        assert frames[sid].info["relabel_id"] == rids[sid]
+        assert frames[sid].info["source"] == f"relabel of {sid}"
+        assert abs(frames[sid].get_potential_energy() - recorded[sid].get_potential_energy()) > 1e-3
+    assert "relabelled_from_theory_key" not in frames[1].info
+
+    # ase.db: the same keys, and the relabel's own theory record
+    with ase.db.connect(export(run_dir, "asedb", tmp_path / "t.db")) as db:
+        row = db.get(structure_id=2)
+        assert row.relabelled_from_theory_key == recorded[2].info["theory_key"]
+        assert row.in_training_set and row.data["theory"]["occupations"] == "smearing"
+        assert row.data["origin"] == {"kind": "relabel", "structure": 2}
+    table = pd.read_pickle(export(run_dir, "pacemaker", tmp_path / "t.pkl.gz"), compression="gzip")
+    by_name = dict(zip(map(int, table["name"]), table["energy"], strict=True))
+    assert by_name == pytest.approx(
+        {sid: a.get_potential_energy(force_consistent=True) for sid, a in fitted.items()}
+    )
+
+    # --labels recorded: the run store's own labels, as computed, as before relabels existed
+    frames = _frames(export(run_dir, "extxyz", tmp_path / "r.extxyz", labels="recorded"))
+    for sid, frame in frames.items():
+        assert frame.get_potential_energy() == recorded[sid].get_potential_energy()
+        assert frame.info["theory_key"] == recorded[sid].info["theory_key"]
+        assert "in_training_set" not in frame.info
+        assert "relabelled_from_theory_key" not in frame.info
+
+
+def test_export_marks_the_labels_the_fit_leaves_out(runs: dict[str, Path], tmp_path: Path) -> None:
+    # exclude: the smearing rescue is not fitted; failed relabels: the same, old labels kept
+    for phase, state in (("labelled", None), ("failed", "failed"), ("pending", "pending")):
+        frames = _frames(export(runs[phase], "extxyz", tmp_path / f"{phase}.extxyz"))
+        assert [frames[i].info["in_training_set"] for i in (1, 2, 3)] == [False, True, True]
+        assert [frames[i].info.get("relabel_state") for i in (1, 2, 3)] == [None, state, state]
+        assert all(frames[i].info["theory_key"].endswith(FIXED) for i in (2, 3))
+        path = export(runs[phase], "pacemaker", tmp_path / f"{phase}.pkl.gz")
+        assert sorted(map(int, pd.read_pickle(path, compression="gzip")["name"])) == [2, 3]
+    # the recorded labels keep today's pacemaker set: every label that is not pruned
+    path = export(runs["failed"], "pacemaker", tmp_path / "all.pkl.gz", labels="recorded")
+    assert sorted(map(int, pd.read_pickle(path, compression="gzip")["name"])) == [1, 2, 3]
+
+
+def test_export_labels_option_on_the_command_line(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlip_autopipec.cli import main
+
+    out = tmp_path / "r.extxyz"
+    assert main(["export", str(runs["fitted"]), "--labels", "recorded", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert "in_training_set" not in ase.io.read(out, 0).info
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(runs["fitted"]), "--labels", "mine"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'mine'" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="unknown --labels 'mine'"):
+        export(runs["fitted"], "extxyz", None, labels="mine")
