@@ -214,3 +214,41 @@ def test_export_labels_option_on_the_command_line(
     assert "invalid choice: 'mine'" in capsys.readouterr().err
     with pytest.raises(UsageError, match="unknown --labels 'mine'"):
         export(runs["fitted"], "extxyz", None, labels="mine")
+
+
+def test_report_theory_section(runs: dict[str, Path], tmp_path: Path) -> None:
+    from mlip_autopipec.report import write_report
+
+    for phase in ("pending", "fitted"):
+        run_dir = tmp_path / phase
+        shutil.copytree(runs[phase], run_dir)
+        page = write_report(run_dir).read_text()
+        data = json.loads((run_dir / "report" / "report.json").read_text())
+        section = data["dft"]["label_theories"]
+        keys = {s["id"]: s["theory_key"] for s in data["structures"]}
+        t1, t2 = section["theories"]
+        assert (t1["tag"], t1["theory_key"], t1["labels"]) == ("T1", keys[1], 1)
+        assert (t2["tag"], t2["theory_key"], t2["labels"]) == ("T2", keys[2], 2)
+        assert keys[2] == keys[3] and keys[2].endswith(FIXED) and keys[1].endswith(SMEARED)
+        relabelled = {r["id"]: r for r in section["relabelled"]}
+        assert sorted(relabelled) == [2, 3]
+        for sid, r in relabelled.items():
+            assert (r["from"], r["from_tag"], r["to_tag"]) == (keys[sid], "T2", "T1")
+        assert "Levels of theory of the labels" in page
+        assert "Relabelled structures (old theory → new theory)" in page
+        assert "T2 → T1" in page
+        by_id = {s["id"]: s for s in data["structures"]}
+        if phase == "pending":
+            assert all(r["state"] == "pending" and r["energy"] is None for r in relabelled.values())
+            assert (t1["relabels"], t1["fitted"], t2["training_set"]) == (0, False, True)
+            assert section["potential_theory_key"] is None
+            assert by_id[1]["in_training_set"] is False and by_id[1]["theory_tag"] == "T1"
+            assert "(left out of the fit)" in page and "T2 relabel pending" in page
+        else:
+            assert all(r["state"] == "trained" and r["to"] == keys[1] for r in relabelled.values())
+            assert (t1["relabels"], t1["fitted"], t2["fitted"]) == (2, True, False)
+            assert section["potential_theory_key"] == keys[1]
+            assert "fitted (the current potential)" in page
+            assert by_id[2]["relabel"]["energy"] == relabelled[2]["energy"]
+            assert all(by_id[i]["in_training_set"] for i in (1, 2, 3))
+            assert "T2 relabelled" in page
