@@ -252,3 +252,27 @@ def test_report_theory_section(runs: dict[str, Path], tmp_path: Path) -> None:
             assert by_id[2]["relabel"]["energy"] == relabelled[2]["energy"]
             assert all(by_id[i]["in_training_set"] for i in (1, 2, 3))
             assert "T2 relabelled" in page
+
+
+def test_a_run_of_one_theory_keeps_the_documented_json(tmp_path: Path) -> None:
+    from mlip_autopipec.lifecycle.store import Store
+
+    from .pwx_driver import ORACLE_CFG
+    from .theory_runs import cells, labeller
+
+    with ThreadPoolExecutor(2) as executor, Store.open(tmp_path) as store:
+        store.add_structures([(a, "fixed") for a in cells()[1:]])
+        labeller(executor)(store, tmp_path, ORACLE_CFG)
+    data = status_json(tmp_path)
+    assert set(data) == {"counts", "structures", "potential"}
+    documented = {"id", "state", "attempts", "failure", "energy_ev"}
+    assert all(set(s) == documented for s in data["structures"])
+    view = run_theories(tmp_path)
+    (key,) = view.tags
+    assert key.endswith(FIXED) and view.training_key == key
+    table = render_table(data, None, view)
+    assert f"theories: T1 = {key} (2 labels, to be fitted)" in table
+    rows = [line for line in table.splitlines() if "  labelled  " in line]
+    assert len(rows) == 2 and all(line.endswith("  T1") for line in rows)  # theory column
+    record_fit(tmp_path)
+    assert status_json(tmp_path)["potential"]["theory_key"] == key
