@@ -103,6 +103,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--format", choices=["extxyz", "pacemaker", "asedb"], default="extxyz")
     p.add_argument("-o", "--output", type=Path, help="output file (default: in RUN_DIR/export)")
+    p.add_argument(
+        "--labels",
+        choices=["training", "recorded"],
+        default="training",
+        help="'training': the labels the fit uses (a relabelled structure's new label; "
+        "every frame says in_training_set); 'recorded': the run store's own labels",
+    )
     return parser
 
 
@@ -201,7 +208,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(render_table(data, fit_verdict(args.run_dir)))
+        from mlip_autopipec.lifecycle.theories import run_theories
+
+        print(render_table(data, fit_verdict(args.run_dir), run_theories(args.run_dir)))
     return EXIT_OK
 
 
@@ -216,7 +225,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from mlip_autopipec.lifecycle.export import export
 
-    out = export(args.run_dir, args.format, args.output)
+    out = export(args.run_dir, args.format, args.output, labels=args.labels)
     print(out)
     return EXIT_OK
 

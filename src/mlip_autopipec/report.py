@@ -37,6 +37,7 @@ from mlip_autopipec.lifecycle.export import foreign_tables_message
 from mlip_autopipec.lifecycle.machine import STATES
 from mlip_autopipec.lifecycle.status import status_json
 from mlip_autopipec.lifecycle.store import Store
+from mlip_autopipec.lifecycle.theories import RunTheories, run_theories
 from mlip_autopipec.trainer.fit import POTENTIAL_JSON
 
 REPORT_DIR = "report"
@@ -297,6 +298,36 @@ def _dft_settings(
     return settings
 
 
+def _theories(view: RunTheories) -> dict[str, Any]:
+    """The report's theory section (issue 11.3; ``lifecycle/theories.py``): per theory its
+    tag, key, the run store's labels and the relabel store's labels of it, how many labels
+    the next fit uses, and whether the current potential was fitted on it; every relabelled
+    structure with its old and new theory, the relabel's state and energy."""
+    target = (view.record or {}).get("target_key")  # a pending relabel's theory-to-be
+    return {
+        "theories": view.summary(),
+        "relabelled": [
+            {**r, "from_tag": view.tag(r["from"]), "to_tag": view.tag(r["to"] or target)}
+            for r in view.relabelled()
+        ],
+        "potential_theory_key": view.potential_theory_key,
+        "training_theory_key": view.training_key,
+    }
+
+
+def _structure_theory(view: RunTheories, structure_id: int) -> dict[str, Any]:
+    """Per structure of ``report.json``: its theory's tag, whether the next fit uses its
+    label, and its relabel (``{"state", "theory_key", "energy", "id"}`` or None)."""
+    s = view.structures.get(int(structure_id))
+    if s is None:
+        return {"theory_tag": None, "in_training_set": None, "relabel": None}
+    return {
+        "theory_tag": view.tag(s["theory_key"]) if s["theory_key"] else None,
+        "in_training_set": s["in_training_set"],
+        "relabel": s["relabel"],
+    }
+
+
 def _timings(
     attempts: dict[int, list[dict[str, Any]]], fit: Any | None
 ) -> dict[str, float | int | None]:
@@ -554,6 +585,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         has_loop = bool(status.get("active_learning"))
         al_detail = _al_detail(store, _recipe_data(run_dir)) if has_loop else None
         symbols = {sid: store.atoms_of(sid).get_chemical_symbols() for sid in magmoms}
+        theories = run_theories(run_dir, store)
     potential: dict[str, Any] | None = None
     parity: dict[str, Any] = {}
     parity_reason: str | None = None
@@ -644,6 +676,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
                 "not_in_recipe": r["id"] in not_in_recipe,
                 "pruned": r["id"] in pruned,
                 "theory_key": final.get("theory_key") if ok and final else None,
+                **_structure_theory(theories, r["id"]),
                 "max_gamma": max_gamma.get(str(r["id"])),
             }
         )
@@ -683,7 +716,7 @@ def collect(run_dir: Path | str) -> dict[str, Any]:
         "ladder": _ladder_stats(structures, attempts),
         "parity": parity,
         "parity_unavailable": parity_reason,
-        "dft": _dft_settings(run_dir, rows, attempts),
+        "dft": {**_dft_settings(run_dir, rows, attempts), "label_theories": _theories(theories)},
         "timings": _timings(attempts, fit),
         "learning_curve": learning,
         "learning_curve_unavailable": (
@@ -1285,7 +1318,7 @@ def _structures_html(data: dict[str, Any]) -> str:
     headers = [
         "id", "source", "formula", "state", "attempts", "failure class", "message",
         "energy (eV)", "energy (eV/atom)", "split", "ACE − DFT (meV/atom)",
-        "ACE force RMSE (meV/Å)", "max γ", "k-grid", "pw.x time (s)",
+        "ACE force RMSE (meV/Å)", "max γ", "k-grid", "pw.x time (s)", "theory",
     ]  # fmt: skip
     rows = []
     for s in data["structures"]:
@@ -1305,9 +1338,21 @@ def _structures_html(data: dict[str, Any]) -> str:
             (_num(s.get("max_gamma"), ".2f"), "num"),
             (_e("x".join(map(str, s["kgrid"])) if s.get("kgrid") else ""), ""),
             (_num(s.get("pwx_seconds"), ".1f"), "num"),
+            (_e(_theory_text(s)), ""),
         ]
         rows.append(cells)
     return _table(headers, rows, [s["state"] for s in data["structures"]])
+
+
+def _theory_text(s: dict[str, Any]) -> str:
+    """The structures table's theory cell: the label's tag, its relabel, left out."""
+    text = str(s.get("theory_tag") or "")
+    rel = s.get("relabel")
+    if rel is not None:
+        text += " relabelled" if rel.get("theory_key") else f" relabel {rel.get('state')}"
+    if s.get("in_training_set") is False and not s.get("pruned"):
+        text += " (left out of the fit)"
+    return text.strip()
 
 
 def _state_text(s: dict[str, Any]) -> str:
@@ -1385,7 +1430,8 @@ def _dft_html(data: dict[str, Any]) -> str:
     if len(dft.get("theory_keys") or {}) > 1:
         parts.append(
             '<p class="missing">The labels come from more than one level of theory: energies '
-            "of different theory keys are not comparable and should not share a fit.</p>"
+            "of different theory keys are not comparable and should not share a fit; the "
+            "fit uses one (the table of the levels of theory below says which).</p>"
         )
     if dft.get("relabel"):
         rel = dft["relabel"]
@@ -1397,10 +1443,54 @@ def _dft_html(data: dict[str, Any]) -> str:
             " and the fit uses those labels; the table above counts the run's original labels,"
             " which are kept.</p>"
         )
+    parts.append(_label_theories_html(dft.get("label_theories") or {}))
     if dft.get("kgrids"):
         rows = [[(_e(k), ""), (_e(n), "num")] for k, n in dft["kgrids"].items()]
         parts.append("<p>k-point grids of the labelled cells:</p>")
         parts.append(_table(["formula and grid", "labels"], rows))
+    return "".join(parts)
+
+
+def _label_theories_html(section: dict[str, Any]) -> str:
+    """Per theory the labels, which were fitted, and the relabelled structures."""
+    theories = section.get("theories") or []
+    if not theories:
+        return ""
+
+    def use(t: dict[str, Any]) -> str:
+        if t["fitted"]:
+            return "fitted (the current potential)"
+        return "to be fitted (the next fit)" if t["training_set"] else "not fitted"
+
+    rows = [
+        [
+            (_e(t["tag"]), ""),
+            (_e(t["theory_key"]), ""),
+            (_e(t["labels"]), "num"),
+            (_e(t["relabels"]), "num"),
+            (_e(t["in_training_set"]), "num"),
+            (_e(use(t)), ""),
+        ]
+        for t in theories
+    ]
+    parts = [
+        "<p>Levels of theory of the labels (the run store's own labels, and the relabels "
+        "of <code>oracle.theory_mismatch: relabel</code>):</p>",
+        _table(["tag", "theory key", "labels", "relabels", "in the training set", "fit"], rows),
+    ]
+    relabelled = section.get("relabelled") or []
+    if relabelled:
+        rows = [
+            [
+                (_e(r["id"]), "num"),
+                (_e(f"{r['from_tag']} → {r['to_tag']}"), ""),
+                (_e(r["state"]), ""),
+                (_num(r["energy"], ".6f"), "num"),
+            ]
+            for r in relabelled
+        ]
+        parts.append("<p>Relabelled structures (old theory → new theory):</p>")
+        parts.append(_table(["id", "theory", "relabel", "new energy (eV)"], rows))
     return "".join(parts)
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,15 +210,14 @@ def train(ctx: RunContext) -> StageResult:
         if a.info.get("structure_id") not in pruned
     ]
     # one level of theory per training set (oracle.theory_mismatch: exclude)
+    from mlip_autopipec.lifecycle.theories import fill_unrecorded
     from mlip_autopipec.oracle.theory import one_theory
 
-    keys = {a.info.get("structure_id"): a.info.get("theory_key") for a in atoms_list}
-    known = Counter(k for k in keys.values() if k)
-    if known and None in keys.values():
-        # labels from before theory keys were recorded (a migrated v1 run): prepare_run_dir
-        # refused any physics change of the recipe since, so they share its base theory
-        base = known.most_common(1)[0][0]
-        keys = {sid: k or base for sid, k in keys.items()}
+    # labels from before theory keys were recorded (a migrated v1 run) share the base
+    # theory; status, export and the report apply the same rule (lifecycle/theories.py)
+    keys = fill_unrecorded(
+        {a.info.get("structure_id"): a.info.get("theory_key") for a in atoms_list}
+    )
     atoms_list, left_out, key = one_theory(atoms_list, keys.get)
     if left_out:
         shown = ", ".join(map(str, left_out[:20])) + (" ..." if len(left_out) > 20 else "")

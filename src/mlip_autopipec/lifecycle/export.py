@@ -16,6 +16,10 @@ from mlip_autopipec.errors import UsageError
 from mlip_autopipec.lifecycle.store import DB_NAME, Store
 
 FORMATS = ("extxyz", "pacemaker", "asedb")
+#: ``export --labels``: the labels the fit uses (default) or the run store's own.
+LABELS_TRAINING = "training"
+LABELS_RECORDED = "recorded"
+LABEL_SETS = (LABELS_TRAINING, LABELS_RECORDED)
 _DEFAULT_NAMES = {"extxyz": "labels.extxyz", "pacemaker": "labels.pkl.gz", "asedb": "labels.db"}
 #: Tables ``ase.db.connect()`` creates in an SQLite file (ase/db/sqlite.py ``init_statements``).
 ASE_DB_TABLES = frozenset(
@@ -57,7 +61,16 @@ def foreign_tables_message(run_dir: Path | str) -> str | None:
 def _extras(atoms: Atoms) -> dict[str, Any]:
     """Per-structure keys worth carrying to other tools, when the store provides them."""
     out: dict[str, Any] = {}
-    for key in ("structure_id", "source", "theory_key", "pruned"):
+    for key in (
+        "structure_id",
+        "source",
+        "theory_key",
+        "pruned",
+        "in_training_set",
+        "relabelled_from_theory_key",
+        "relabel_id",
+        "relabel_state",
+    ):
         value = atoms.info.get(key)
         if value is not None:
             out[key] = value
@@ -121,8 +134,71 @@ def _write_asedb(out: Path, atoms_list: list[Atoms]) -> None:
             db.write(atoms, key_value_pairs=_extras(atoms), data=data)
 
 
-def export(run_dir: Path | str, fmt: str, output: Path | str | None = None) -> Path:
+def _training_labels(run_dir: Path, store: Store, atoms_list: list[Atoms]) -> list[Atoms]:
+    """``export --labels training``: ``atoms_list`` (the run store's labelled Atoms, with
+    their stored extras) as the fit sees them. A relabelled structure's frame is its relabel
+    (``RUN_DIR/relabel``: energy, free energy, forces, stress, magmoms, theory and origin of
+    the new label) with the run store's ``structure_id``, ``source`` ``relabel of <id>``,
+    ``relabel_id`` (its id in the relabel store) and ``relabelled_from_theory_key`` (the old
+    label's theory); a structure whose relabel is not labelled keeps its old label and says
+    ``relabel_state`` (``pending``, ``failed``...). Every frame carries ``in_training_set``
+    (the trainer's rule: not pruned, of the fitted theory after relabelling)."""
+    from mlip_autopipec.lifecycle.theories import run_theories
+    from mlip_autopipec.oracle.relabel import RELABEL_DIR
+
+    view = run_theories(run_dir, store)
+    new: dict[int, Atoms] = {}
+    folder = run_dir / RELABEL_DIR
+    if view.record is not None and (folder / DB_NAME).is_file():
+        with Store.open(folder, create=False) as rstore:
+            relabelled = {int(a.info["structure_id"]): a for a in rstore.labelled_atoms()}
+        extras = _stored_extras(folder / DB_NAME)
+        for rid, atoms in relabelled.items():
+            _attach(atoms, extras.get(rid, {}))
+            origin = atoms.info.get("origin") or {}
+            if origin.get("kind") == "relabel":
+                new[int(origin["structure"])] = atoms
+    out = []
+    for atoms in atoms_list:
+        sid = int(atoms.info["structure_id"])
+        s = view.structures[sid]
+        rel = s["relabel"]
+        if rel is not None and rel["theory_key"] is not None and sid in new:
+            frame = new[sid]
+            frame.info["relabel_id"] = int(frame.info["structure_id"])
+            frame.info["structure_id"] = sid
+            frame.info["source"] = f"relabel of {sid}"
+            if s["theory_key"] is not None:
+                frame.info["relabelled_from_theory_key"] = s["theory_key"]
+            if atoms.info.get("pruned"):
+                frame.info["pruned"] = True
+        else:
+            frame = atoms
+            if rel is not None:
+                frame.info["relabel_state"] = rel["state"]
+        frame.info["in_training_set"] = bool(s["in_training_set"])
+        out.append(frame)
+    return out
+
+
+def export(
+    run_dir: Path | str,
+    fmt: str,
+    output: Path | str | None = None,
+    labels: str = LABELS_TRAINING,
+) -> Path:
     """Write every labelled (and trained) structure of ``run_dir``; returns the file.
+
+    ``labels`` (``autopipec export --labels``): ``training`` (default) writes the labels
+    the fit uses: for a structure relabelled by ``oracle.theory_mismatch: relabel`` the
+    relabel store's label (with ``relabelled_from_theory_key``, see
+    :func:`_training_labels`), and ``in_training_set`` on every frame: False for a label
+    the fit leaves out (another theory under ``exclude``, a relabel that failed or is
+    pending, or pruned), which is still written, marked, rather than mixed in silently;
+    ``--format pacemaker`` (a training set) holds only the frames with
+    ``in_training_set``. ``recorded`` writes the run store's own labels as they were
+    computed (a relabelled structure's old label), without those keys, as before relabels
+    existed; ``pacemaker`` then leaves out only the pruned structures.
 
     ``extxyz``: ASE's extended XYZ with energy, free_energy, forces, stress (and magmoms when
     labelled) and ``structure_id``, ``source``, ``theory_key`` (when recorded) per frame.
@@ -139,6 +215,8 @@ def export(run_dir: Path | str, fmt: str, output: Path | str | None = None) -> P
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise UsageError(f"export: unknown format {fmt!r} (use {' or '.join(FORMATS)})")
+    if labels not in LABEL_SETS:
+        raise UsageError(f"export: unknown --labels {labels!r} (use {' or '.join(LABEL_SETS)})")
     if not (run_dir / DB_NAME).is_file():
         raise UsageError(f"{run_dir}: not a run directory (no {DB_NAME}); nothing to export")
     out = Path(output) if output is not None else run_dir / "export" / _DEFAULT_NAMES[fmt]
@@ -147,14 +225,19 @@ def export(run_dir: Path | str, fmt: str, output: Path | str | None = None) -> P
     with Store.open(run_dir, create=False) as store:
         atoms_list = store.labelled_atoms()
         pruned = store.pruned_ids()
-    for atoms in atoms_list:
-        if int(atoms.info["structure_id"]) in pruned:
-            atoms.info["pruned"] = True  # run --prune: not in the recipe, not trained on
+        for atoms in atoms_list:
+            if int(atoms.info["structure_id"]) in pruned:
+                atoms.info["pruned"] = True  # run --prune: not in the recipe, not trained on
+        extras = _stored_extras(run_dir / DB_NAME)
+        for atoms in atoms_list:
+            _attach(atoms, extras.get(int(atoms.info["structure_id"]), {}))
+        if labels == LABELS_TRAINING:
+            atoms_list = _training_labels(run_dir, store, atoms_list)
     if fmt == "pacemaker":  # a training set: what the trainer would fit on
-        atoms_list = [a for a in atoms_list if not a.info.get("pruned")]
-    extras = _stored_extras(run_dir / DB_NAME)
-    for atoms in atoms_list:
-        _attach(atoms, extras.get(int(atoms.info["structure_id"]), {}))
+        # --labels training: in_training_set (False when pruned); recorded: not pruned
+        atoms_list = [
+            a for a in atoms_list if a.info.get("in_training_set", not a.info.get("pruned"))
+        ]
     if not atoms_list:
         raise UsageError(f"{run_dir}: no labelled structures to export yet")
     out.parent.mkdir(parents=True, exist_ok=True)

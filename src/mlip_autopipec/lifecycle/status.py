@@ -15,6 +15,16 @@ are the TEST-set figures (structures held out of the fit). ``loop`` is the last 
 of an active-learning loop (absent for a one-shot run). ``not_in_recipe``: structures of
 the store the recipe no longer builds (as of the last build stage), still labelled and
 trained on (``used``) or left out by ``run --prune`` (``pruned``; labels kept).
+
+The level of theory of every label (issue 11.3; :mod:`mlip_autopipec.lifecycle.theories`):
+the potential gains ``theory_key`` (the theory it was fitted on) once that is known. A
+run whose labels span more than one theory, or that relabelled (``oracle.theory_mismatch:
+relabel``), also gets, per structure, ``theory_key`` (its own label's), ``in_training_set``
+(whether the next fit uses it; null without a label) and, for a relabelled structure,
+``relabel: {"state", "theory_key", "energy", "id"}`` (the relabel store's label), plus a
+top-level ``theories`` list: ``{"tag", "theory_key", "labels", "relabels",
+"in_training_set", "fitted", "training_set"}`` per theory. A run of one theory keeps the
+shape above (its theory is the potential's ``theory_key``; the table shows it).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from typing import Any
 from mlip_autopipec.errors import UsageError
 from mlip_autopipec.lifecycle.machine import STATES
 from mlip_autopipec.lifecycle.store import DB_NAME, Store
+from mlip_autopipec.lifecycle.theories import LEFT_OUT_THEORY, RunTheories, run_theories
 
 
 def _test_value(metric: Any) -> float | None:
@@ -47,6 +58,7 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
         )
     with Store.open(run_dir, create=False) as store:
         counts = store.counts()
+        theories = run_theories(run_dir, store)
         structures = [
             {
                 "id": row["id"],
@@ -73,7 +85,18 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
             "n_train": current["n_train"],
             "n_test": current["n_test"],
         }
+        if theories.potential_theory_key is not None:
+            potential["theory_key"] = theories.potential_theory_key
+    if theories.several:
+        for s in structures:
+            view = theories.structures[int(s["id"])]
+            s["theory_key"] = view["theory_key"]
+            s["in_training_set"] = view["in_training_set"]
+            if view["relabel"] is not None:
+                s["relabel"] = dict(view["relabel"])
     data: dict[str, Any] = {"counts": counts, "structures": structures, "potential": potential}
+    if theories.several:
+        data["theories"] = theories.summary()
     if active_learning is not None:
         data["active_learning"] = active_learning
     if loop is not None and loop["iteration"] > 0:
@@ -122,22 +145,74 @@ def fit_verdict(run_dir: Path | str) -> dict[str, Any] | None:
     }
 
 
-def render_table(data: dict[str, Any], fit: dict[str, Any] | None = None) -> str:
-    """A table for people from :func:`status_json` data (and :func:`fit_verdict`)."""
+def theory_cell(theories: RunTheories, structure_id: int) -> str:
+    """The status table's theory of one structure: its label's tag (``T1``), and for a
+    relabelled one ``T1->T2 relabelled -213.123456 eV`` (the new label's theory and
+    energy), ``T1 relabel pending`` or ``T1 relabel failed``; ``(left out)`` when the
+    fit leaves its label out for its theory. Empty without a label."""
+    s = theories.structures.get(int(structure_id))
+    if s is None or not s["labelled"]:
+        return ""
+    text = theories.tag(s["theory_key"])
+    rel = s["relabel"]
+    if rel is not None:
+        if rel["theory_key"] is not None:
+            energy = "" if rel["energy"] is None else f" {rel['energy']:.6f} eV"
+            text = f"{text}->{theories.tag(rel['theory_key'])} relabelled{energy}"
+        else:
+            text = f"{text} relabel {rel['state']}"
+    if s["left_out"] == LEFT_OUT_THEORY:
+        text += " (left out)"
+    return text
+
+
+def theory_legend(theories: RunTheories) -> list[str]:
+    """``theories: T1 = <key> (N labels, M relabels, fitted)`` lines below the status table:
+    ``fitted`` is the current potential's theory, ``to be fitted`` the next fit's (after a
+    relabel, before the refit), ``not fitted`` any other."""
+    lines = []
+    for i, t in enumerate(theories.summary()):
+        counts = [f"{t['labels']} label{'s' if t['labels'] != 1 else ''}"]
+        if t["relabels"]:
+            counts.append(f"{t['relabels']} relabel{'s' if t['relabels'] != 1 else ''}")
+        if t["fitted"]:
+            use = "fitted"
+        elif t["training_set"]:
+            use = "to be fitted"
+        else:
+            use = "not fitted"
+        head = "theories: " if i == 0 else " " * len("theories: ")
+        lines.append(f"{head}{t['tag']} = {t['theory_key']} ({', '.join(counts)}, {use})")
+    return lines
+
+
+def render_table(
+    data: dict[str, Any], fit: dict[str, Any] | None = None, theories: RunTheories | None = None
+) -> str:
+    """A table for people from :func:`status_json` data (and :func:`fit_verdict`); with
+    ``theories`` (:func:`~mlip_autopipec.lifecycle.theories.run_theories`) and any theory
+    recorded, a ``theory`` column (:func:`theory_cell`) and a legend of the theories."""
     lines = ["  ".join(f"{s}: {data['counts'].get(s, 0)}" for s in STATES)]
-    rows = [("id", "state", "attempts", "energy (eV)", "failure")]
+    show = theories is not None and bool(theories.tags)
+    header = ["id", "state", "attempts", "energy (eV)"] + (["theory"] if show else [])
+    rows = [(*header, "failure")]
     pruned = set((data.get("not_in_recipe") or {}).get("pruned") or ())
     for s in data["structures"]:
         energy = "" if s["energy_ev"] is None else f"{s['energy_ev']:.6f}"
         state = f"{s['state']} (pruned)" if s["id"] in pruned else s["state"]
-        rows.append((str(s["id"]), state, str(s["attempts"]), energy, s["failure"] or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        extra = [theory_cell(theories, s["id"])] if show and theories is not None else []
+        rows.append((str(s["id"]), state, str(s["attempts"]), energy, *extra, s["failure"] or ""))
+    n = len(header)
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines.append("")
     for r in rows:
         cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2])]
         cells.append(r[3].rjust(widths[3]))
-        lines.append("  ".join([*cells, r[4]]).rstrip())
+        cells += [r[i].ljust(widths[i]) for i in range(4, n)]
+        lines.append("  ".join([*cells, r[n]]).rstrip())
     lines.append("")
+    if show and theories is not None:
+        lines += [*theory_legend(theories), ""]
     pot = data["potential"]
     if pot is None:
         lines.append("potential: none fitted yet")
@@ -151,6 +226,8 @@ def render_table(data: dict[str, Any], fit: dict[str, Any] | None = None) -> str
             f"  test-set RMSE: energy {e_txt}, forces {f_txt} "
             f"({pot['n_train']} train / {pot['n_test']} test structures)"
         )
+        if show and theories is not None and theories.potential_theory_key is not None:
+            lines.append(f"  fitted on theory {theories.tag(theories.potential_theory_key)}")
     if fit is not None:
         verdict = "converged" if fit["converged"] else "NOT converged"
         lines.append(
