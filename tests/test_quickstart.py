@@ -37,13 +37,18 @@ def test_quickstart_recipe_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     status = json.loads(_cli("status", str(run_dir), "--json", cwd=tmp_path).stdout)
-    assert set(status) == {"counts", "structures", "potential"}
+    assert set(status) == {"counts", "structures", "potential", "theories"}
+    (theory,) = status["theories"]  # one level of theory, fitted
+    assert theory["fitted"] and theory["theory_key"] == status["potential"]["theory_key"]
     n = len(status["structures"])
     assert n >= 20
     assert status["counts"]["trained"] == n
     assert sum(status["counts"].values()) == n
     for row in status["structures"]:
-        assert set(row) == {"id", "state", "attempts", "failure", "energy_ev"}
+        assert set(row) == {
+            "id", "state", "attempts", "failure", "energy_ev", "theory_key", "in_training_set"
+        }  # fmt: skip
+        assert row["theory_key"] == theory["theory_key"] and row["in_training_set"] is True
         assert row["failure"] is None and row["attempts"] >= 1
         # two-atom Si cells with this pseudopotential: about -138.7 eV per atom
         assert -140.0 < row["energy_ev"] / 2 < -137.0

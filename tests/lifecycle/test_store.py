@@ -141,7 +141,7 @@ def test_potentials_members_and_trained(tmp_path):
         store.mark_trained([ids[4]], pid)
     assert store.state_of(ids[4]) == "pending"
     data = status_json(tmp_path)
-    assert set(data) == {"counts", "structures", "potential"}
+    assert set(data) == {"counts", "structures", "potential", "theories"}
     assert data["potential"] == {
         "path": str(tmp_path / "potential.yace"),
         "rmse_energy_mev_per_atom": 2.5,
@@ -158,7 +158,10 @@ def test_potentials_members_and_trained(tmp_path):
         "trained": 4,
     }
     row = data["structures"][1]
-    assert row == {"id": 2, "state": "trained", "attempts": 1, "failure": None, "energy_ev": -2.0}
+    assert row == {
+        "id": 2, "state": "trained", "attempts": 1, "failure": None, "energy_ev": -2.0,
+        "theory_key": None, "in_training_set": True,  # a label of no recorded theory
+    }  # fmt: skip
     json.dumps(data)
     table = render_table(data)
     assert "test-set RMSE: energy 2.50 meV/atom, forces 45.0 meV/Å" in table
@@ -184,6 +187,8 @@ def test_status_of_a_failed_structure(tmp_path):
             "attempts": 0,
             "failure": "overlapping_atoms: too close",
             "energy_ev": None,
+            "theory_key": None,  # no label, no theory
+            "in_training_set": None,
         }
     ]
     assert data["potential"] is None
@@ -289,5 +294,5 @@ def test_status_says_whether_the_fit_converged(tmp_path):
         "notes": [],
     }
     data = status_json(tmp_path)
-    assert set(data) == {"counts", "structures", "potential"}  # --json keeps its keys
+    assert set(data) == {"counts", "structures", "potential", "theories"}  # --json keeps its keys
     assert "optimizer: NOT converged after 20 iterations" in render_table(data, fit)

@@ -254,7 +254,7 @@ def test_report_theory_section(runs: dict[str, Path], tmp_path: Path) -> None:
             assert "T2 relabelled" in page
 
 
-def test_a_run_of_one_theory_keeps_the_documented_json(tmp_path: Path) -> None:
+def test_a_run_of_one_theory_shows_it_on_every_label(tmp_path: Path) -> None:
     from mlip_autopipec.lifecycle.store import Store
 
     from .pwx_driver import ORACLE_CFG
@@ -264,11 +264,13 @@ def test_a_run_of_one_theory_keeps_the_documented_json(tmp_path: Path) -> None:
         store.add_structures([(a, "fixed") for a in cells()[1:]])
         labeller(executor)(store, tmp_path, ORACLE_CFG)
     data = status_json(tmp_path)
-    assert set(data) == {"counts", "structures", "potential"}
-    documented = {"id", "state", "attempts", "failure", "energy_ev"}
-    assert all(set(s) == documented for s in data["structures"])
+    assert set(data) == {"counts", "structures", "potential", "theories"}
+    documented = {"id", "state", "attempts", "failure", "energy_ev", "theory_key"}
+    assert all(set(s) == documented | {"in_training_set"} for s in data["structures"])
     view = run_theories(tmp_path)
     (key,) = view.tags
+    assert all(s["theory_key"] == key and s["in_training_set"] for s in data["structures"])
+    assert [t["theory_key"] for t in data["theories"]] == [key]
     assert key.endswith(FIXED) and view.training_key == key
     table = render_table(data, None, view)
     assert f"theories: T1 = {key} (2 labels, to be fitted)" in table

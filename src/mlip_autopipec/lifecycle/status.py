@@ -3,9 +3,11 @@
 :func:`status_json` returns exactly the documented shape (scripts rely on it)::
 
     {"counts": {state: n},
-     "structures": [{"id", "state", "attempts", "failure", "energy_ev"}],
+     "structures": [{"id", "state", "attempts", "failure", "energy_ev", "theory_key",
+                     "in_training_set"}],                    # + "relabel" when relabelled
      "potential": null | {"path", "rmse_energy_mev_per_atom", "rmse_forces_mev_per_ang",
-                          "n_train", "n_test"},
+                          "n_train", "n_test"},              # + "theory_key" once known
+     "theories": [{"tag", "theory_key", "labels", ...}],
      "loop": {"iteration", "stage", "finished", "status"},   # only once iteration > 0
      "not_in_recipe": {"used": [id], "pruned": [id]}}        # only when there are any
 
@@ -17,14 +19,13 @@ the store the recipe no longer builds (as of the last build stage), still labell
 trained on (``used``) or left out by ``run --prune`` (``pruned``; labels kept).
 
 The level of theory of every label (issue 11.3; :mod:`mlip_autopipec.lifecycle.theories`):
-the potential gains ``theory_key`` (the theory it was fitted on) once that is known. A
-run whose labels span more than one theory, or that relabelled (``oracle.theory_mismatch:
-relabel``), also gets, per structure, ``theory_key`` (its own label's), ``in_training_set``
-(whether the next fit uses it; null without a label) and, for a relabelled structure,
-``relabel: {"state", "theory_key", "energy", "id"}`` (the relabel store's label), plus a
-top-level ``theories`` list: ``{"tag", "theory_key", "labels", "relabels",
-"in_training_set", "fitted", "training_set"}`` per theory. A run of one theory keeps the
-shape above (its theory is the potential's ``theory_key``; the table shows it).
+the potential gains ``theory_key`` (the theory it was fitted on) once that is known. Every
+structure has ``theory_key`` (its own label's; null without a label) and ``in_training_set``
+(whether the next fit uses it; null without a label) and, for a relabelled structure
+(``oracle.theory_mismatch: relabel``), ``relabel: {"state", "theory_key", "energy", "id"}``
+(the relabel store's label). The top-level ``theories`` list has ``{"tag", "theory_key",
+"labels", "relabels", "in_training_set", "fitted", "training_set"}`` per theory (one entry
+for a run of one theory).
 """
 
 from __future__ import annotations
@@ -87,16 +88,18 @@ def status_json(run_dir: Path | str) -> dict[str, Any]:
         }
         if theories.potential_theory_key is not None:
             potential["theory_key"] = theories.potential_theory_key
-    if theories.several:
-        for s in structures:
-            view = theories.structures[int(s["id"])]
-            s["theory_key"] = view["theory_key"]
-            s["in_training_set"] = view["in_training_set"]
-            if view["relabel"] is not None:
-                s["relabel"] = dict(view["relabel"])
-    data: dict[str, Any] = {"counts": counts, "structures": structures, "potential": potential}
-    if theories.several:
-        data["theories"] = theories.summary()
+    for s in structures:
+        view = theories.structures[int(s["id"])]
+        s["theory_key"] = view["theory_key"]
+        s["in_training_set"] = view["in_training_set"]
+        if view["relabel"] is not None:
+            s["relabel"] = dict(view["relabel"])
+    data: dict[str, Any] = {
+        "counts": counts,
+        "structures": structures,
+        "potential": potential,
+        "theories": theories.summary(),
+    }
     if active_learning is not None:
         data["active_learning"] = active_learning
     if loop is not None and loop["iteration"] > 0:
