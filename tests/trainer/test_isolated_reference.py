@@ -40,7 +40,10 @@ trainer:
   max_epochs: 8          # what is tested is the data, not the fit's quality
   kappa: 0.1
   reference: isolated_atoms
-  reference_box: 8
+  reference_box: 6          # small boxes for a fast test (not converged at 1 meV: 6 -> 8 Å
+  reference_box_step: 2     # moves this atom by 80 meV, 8 -> 10 Å by 10 meV)
+  reference_box_max: 8
+  reference_box_tolerance: 200
 """
 
 
@@ -92,6 +95,17 @@ def test_isolated_atom_energies_are_the_references_of_the_yace(tmp_path: Path) -
     assert label_key.endswith("LDA ecut=15/120Ry fixed nspin=1")
     reference = potential["baseline"]["reference_energies"]
     assert reference == {"Si": record["energy"]}
+    # labelled in 6 and 8 Å boxes on the run's executor (a worker thread of the local pool),
+    # the difference recorded in isolated_atoms.json and in the potential's baseline
+    conv = record["box_convergence"]
+    assert conv["boxes_ang"] == [6.0, 8.0] and conv["converged"]
+    assert record["energy"] == conv["energies_ev"][1]
+    assert all(lab["execution"]["thread"].startswith("attempt") for lab in record["labels"])
+    in_potential = potential["baseline"]["isolated_atoms"]["elements"]["Si"]
+    assert in_potential["difference_mev"] == conv["difference_mev"]
+    fit_json = json.loads((run_dir / potential["fit_dir"] / "potential.json").read_text())
+    assert fit_json["baseline"]["isolated_atoms"]["elements"]["Si"] == in_potential
+    assert "box 6 -> 8 Å" in proc.stdout + proc.stderr
     assert potential["baseline"]["reference_method"] == REF_GIVEN
     # cohesive energy of diamond Si from pw.x (LDA, vbc, 15 Ry): a few eV per atom bound
     perfect = min(labelled, key=lambda a: abs(a.get_volume() / len(a) - 5.43**3 / 8))
