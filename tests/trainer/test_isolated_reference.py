@@ -5,7 +5,10 @@ alone still equals ``load_calculator``."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,59 @@ def test_isolated_atom_energies_are_the_references_of_the_yace(tmp_path: Path) -
     proc = run_cli("run", str(tmp_path / "r.yaml"), "--run-dir", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / REFERENCE_DIR / RECORD_FILE).read_text())["Si"] == record
+
+
+def _live_pwx(root: Path) -> list[str]:
+    """pw.x processes running in a folder under ``root``."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = str((proc / "cwd").resolve())
+        except OSError:
+            continue
+        if "pw.x" in args and cwd.startswith(str(root)):
+            alive.append(f"{args} in {cwd}")
+    return alive
+
+
+@pytest.mark.pwx
+@needs_pwx
+def test_sigterm_while_an_isolated_atom_runs_stops_its_pwx(tmp_path: Path) -> None:
+    """The isolated atoms' pw.x runs on the run's executor: SIGTERM stops it, the run exits
+    143 and records no half-labelled box."""
+    recipe = tmp_path / "r.yaml"
+    # a 14 Å box at 15 Ry: long enough to be caught running
+    recipe.write_text(
+        RECIPE.replace("reference_box: 6 ", "reference_box: 14").replace(
+            "reference_box_max: 8", "reference_box_max: 16"
+        )
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlip_autopipec", "run", str(recipe), "--run-dir", str(run_dir)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    reference = run_dir / REFERENCE_DIR
+    try:
+        deadline = time.monotonic() + 180
+        while not _live_pwx(reference) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _live_pwx(reference), "no isolated-atom pw.x seen running"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "labelling isolated atoms with pw.x" in out + err and "Si in 14 Å" in out + err
+    assert not _live_pwx(tmp_path)
+    record = reference / RECORD_FILE
+    assert not record.is_file() or not json.loads(record.read_text()).get("Si", {}).get("labels")
+    with Store.open(run_dir, create=False) as store:
+        assert store.current_potential() is None
