@@ -356,11 +356,18 @@ def isolated_atom_references(
             ],
             run,
         )
+        errors: list[TrainerError] = []
         for (el, box, fp), result in zip(jobs, done, strict=True):
-            label = _box_label(el, box, cfgs[el], result, folder / el / fp, run_dir, fp)
+            try:
+                label = _box_label(el, box, cfgs[el], result, folder / el / fp, run_dir, fp)
+            except TrainerError as exc:  # the other boxes of the batch are kept first
+                errors.append(exc)
+                continue
             labels[el][box] = cached[fp] = label
             records[el] = {"element": el, "labels": _merged(records.get(el), labels[el])}
         atomic_write_json(record_path, records)
+        if errors:
+            raise errors[0]
 
     out: dict[str, dict[str, Any]] = {}
     for el, outcome in outcomes.items():
