@@ -172,3 +172,27 @@ def test_a_resumed_search_labels_only_the_missing_box(
     other = {**THEORY, "ecutwfc": 16, "ecutrho": 64}
     with pytest.raises(AssertionError, match="asked to run again"):
         isolated_atom_references(["Si"], other, _cfg(), PSEUDOS, run_dir, BOXES, _refuse)
+
+
+@pytest.mark.pwx
+@needs_pwx
+def test_a_record_of_before_the_box_check_is_reused(
+    labelled: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    run_dir, records = labelled
+    small = records["Si"]["labels"][0]
+    # what the previous version wrote: one record per element, the box in its settings
+    old = {k: v for k, v in small.items() if k not in ("box", "execution")}
+    folder = tmp_path / REFERENCE_DIR
+    folder.mkdir()
+    (folder / RECORD_FILE).write_text(json.dumps({"Si": old}))
+    ran: list[float] = []
+
+    def count(requests: Any) -> list[Any]:
+        ran.extend(float(req.atoms.cell[0][0]) for req in requests)
+        return [run_isolated_attempt(req) for req in requests]
+
+    again = isolated_atom_references(["Si"], THEORY, _cfg(), PSEUDOS, tmp_path, BOXES, count)
+    assert ran == [7.0]  # the 6 Å atom of the old record is not labelled again
+    assert again["Si"]["labels"][0]["energy"] == small["energy"]
+    assert again["Si"]["energy"] == pytest.approx(records["Si"]["energy"], abs=1e-6)
