@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,14 +244,15 @@ def train(ctx: RunContext) -> StageResult:
         with catch_signals(then=_stop_children) as received:
             try:
                 # inside: a signal stops the isolated atoms' pw.x as it stops pacemaker
-                reference = _isolated_atom_references(ctx, atoms_list, key)
+                isolated = _isolated_atom_references(ctx, atoms_list, key, received)
                 fit = fit_potential(
                     atoms_list,
                     ctx.recipe.trainer,
                     workdir,
                     initial_potential=_previous_fit(ctx),
                     execute=_execute_on_executor(ctx, received, ran),
-                    reference=reference,
+                    reference=None if isolated is None else isolated[0],
+                    reference_record=None if isolated is None else isolated[1],
                 )
             except TrainerError:
                 if received.signum is not None:
@@ -277,49 +278,78 @@ def train(ctx: RunContext) -> StageResult:
     return StageResult(TRAIN, 0, {"fitted": True, "potential": pid, "executed_on": ran or None})
 
 
+def _wait(future: Any, received: Caught) -> Any:
+    """The result of an executor task, checking for signals every :data:`FIT_POLL` s.
+
+    After SIGINT/SIGTERM the wait ends once the task is gone (local: its programs were
+    stopped by the handler) or after one kill grace period (Parsl: leaving the run's
+    executor cancels the pilot job, whose worker stops them); then :class:`Interrupted`.
+    """
+    deadline: float | None = None
+    while True:
+        try:
+            return future.result(timeout=FIT_POLL)
+        except TimeoutError:
+            if received.signum is None:
+                continue
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + process.KILL_GRACE + 5
+            elif now > deadline:
+                future.cancel()
+                raise Interrupted(received.signum) from None
+
+
 def _execute_on_executor(
     ctx: RunContext, received: Caught, ran: dict[str, Any]
 ) -> Callable[[Any, Path, Any], None] | None:
     """The fit's execute step as a task of the run's executor (on Parsl: in the pilot job,
     never on the login node); None without an executor (the step then runs here).
-
-    After SIGINT/SIGTERM the wait ends once the task is gone (local: pacemaker was stopped
-    by the handler) or after one kill grace period (Parsl: leaving the run's executor
-    cancels the pilot job, whose worker stops pacemaker); then :class:`Interrupted`.
-    """
+    Signals: see :func:`_wait`."""
     if ctx.executor is None:
         return None
     from mlip_autopipec.execution.tasks import execute_fit
 
     def execute(trainer: Any, workdir: Path, profile: Any) -> None:
-        future = ctx.executor.submit(execute_fit, trainer, workdir, profile)
-        deadline: float | None = None
-        while True:
-            try:
-                ran.update(future.result(timeout=FIT_POLL))
-                return
-            except TimeoutError:
-                if received.signum is None:
-                    continue
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + process.KILL_GRACE + 5
-                elif now > deadline:
-                    future.cancel()
-                    raise Interrupted(received.signum) from None
+        ran.update(_wait(ctx.executor.submit(execute_fit, trainer, workdir, profile), received))
 
     return execute
 
 
+def isolated_atoms_on(
+    executor: Any, received: Caught
+) -> Callable[[Sequence[Any]], list[tuple[Any, dict[str, Any]]]]:
+    """A batch of isolated-atom pw.x attempts as tasks of ``executor``
+    (:func:`~mlip_autopipec.oracle.isolated.run_isolated_attempt`, the request as argument
+    as every label's), all submitted at once; results in order. Signals: see :func:`_wait`."""
+    from mlip_autopipec.oracle.isolated import run_isolated_attempt
+
+    def run(requests: Sequence[Any]) -> list[tuple[Any, dict[str, Any]]]:
+        futures = [executor.submit(run_isolated_attempt, req) for req in requests]
+        return [_wait(future, received) for future in futures]
+
+    return run
+
+
 def _isolated_atom_references(
-    ctx: RunContext, atoms_list: list[Any], key: str | None
-) -> dict[str, float] | None:
+    ctx: RunContext, atoms_list: list[Any], key: str | None, received: Caught
+) -> tuple[dict[str, float], dict[str, Any]] | None:
     """``trainer.reference: isolated_atoms``: pw.x isolated-atom energies (eV) per element
-    at the fitted labels' theory (oracle/isolated.py), else None (fitted references)."""
-    if ctx.recipe.trainer.get("reference") != "isolated_atoms":
+    at the fitted labels' theory, each converged with the box (oracle/isolated.py), and
+    what potential.json records of them; else None (fitted references).
+
+    The atoms' pw.x runs are tasks of the run's executor (on Parsl: in the pilot job);
+    each box's ``execution`` (host, pid, thread, slurm_job_id) is in the record.
+    """
+    trainer = ctx.recipe.trainer
+    if trainer.get("reference") != "isolated_atoms":
         return None
     from mlip_autopipec.lifecycle.store import DB_NAME, Store
-    from mlip_autopipec.oracle.isolated import isolated_atom_references, training_theory
+    from mlip_autopipec.oracle.isolated import (
+        isolated_atom_references,
+        reference_summary,
+        training_theory,
+    )
     from mlip_autopipec.oracle.relabel import RELABEL_DIR
 
     theory = training_theory([ctx.store], key)
@@ -328,20 +358,28 @@ def _isolated_atom_references(
             theory = training_theory([rstore], key)
     if theory is None:
         raise TrainerError(f"trainer.reference isolated_atoms: no theory record of {key}")
-    elements = ctx.recipe.trainer.get("elements") or sorted(
+    elements = trainer.get("elements") or sorted(
         {s for a in atoms_list for s in a.get_chemical_symbols()}
     )
+    run = None if ctx.executor is None else isolated_atoms_on(ctx.executor, received)
+    boxes = {
+        "first": float(trainer["reference_box"]),
+        "step": float(trainer["reference_box_step"]),
+        "largest": float(trainer["reference_box_max"]),
+        "tolerance_mev": float(trainer["reference_box_tolerance"]),
+    }
     records = isolated_atom_references(
-        elements, theory, ctx.recipe.oracle, ctx.pseudos, ctx.run_dir,
-        float(ctx.recipe.trainer["reference_box"]),
-    )  # fmt: skip
-    ctx.say(
-        "autopipec: reference energies from isolated atoms (pw.x): "
-        + ", ".join(
-            f"{el} {r['energy']:.4f} eV ({r['total_magmom']} μB)" for el, r in records.items()
-        )
+        elements, theory, ctx.recipe.oracle, ctx.pseudos, ctx.run_dir, boxes, run, ctx.say
     )
-    return {el: float(r["energy"]) for el, r in records.items()}
+    shown = []
+    for el, r in records.items():
+        conv = r["box_convergence"]
+        shown.append(
+            f"{el} {r['energy']:.4f} eV ({r['total_magmom']} μB; box {conv['checked_box_ang']:g}"
+            f" -> {conv['used_box_ang']:g} Å: {conv['difference_mev']:+.2f} meV)"
+        )
+    ctx.say("autopipec: reference energies from isolated atoms (pw.x): " + ", ".join(shown))
+    return {el: float(r["energy"]) for el, r in records.items()}, reference_summary(records)
 
 
 def _previous_fit(ctx: RunContext) -> Path | None:

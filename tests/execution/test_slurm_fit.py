@@ -1,5 +1,5 @@
-"""Fits and MD walkers run in the Parsl pilot job on a real (single-node) Slurm, not in the
-driver (issue 13: "a fit must not run on a login node").
+"""Fits, isolated-atom references and MD walkers run in the Parsl pilot job on a real
+(single-node) Slurm, not in the driver (issue 13: "a fit must not run on a login node").
 
 Start Slurm with ``.ci/slurm/start.sh`` (root, Debian); without it these tests skip and say why.
 """
@@ -38,6 +38,11 @@ trainer:
   cutoff: 4.0
   max_basis_size: 6
   max_epochs: 3
+  reference: isolated_atoms   # the isolated Si atom's pw.x runs in the pilot job too
+  reference_box: 6
+  reference_box_step: 1
+  reference_box_max: 7
+  reference_box_tolerance: 500
 execution:
 {execution}
 """
@@ -50,7 +55,7 @@ def _is_slurm_job(where: dict[str, object]) -> None:
     assert "SLURM_JOB_ID" not in os.environ or where["slurm_job_id"] != os.environ["SLURM_JOB_ID"]
 
 
-def test_fit_and_md_walker_run_in_the_pilot_job(tmp_path: Path) -> None:
+def test_fit_isolated_atoms_and_md_walker_run_in_the_pilot_job(tmp_path: Path) -> None:
     from mlip_autopipec.cli import main
     from mlip_autopipec.execution import make_executor
     from mlip_autopipec.execution.tasks import EXECUTION_JSON
@@ -73,6 +78,16 @@ def test_fit_and_md_walker_run_in_the_pilot_job(tmp_path: Path) -> None:
     # the fit really ran (pacemaker's log, the converted potential and its active set)
     assert (fit_dir / "pacemaker.log").stat().st_size > 0
     assert (fit_dir / "output_potential.yace").is_file()
+    # the isolated atom's pw.x attempts (6 and 7 Å boxes) ran in the pilot job as well
+    from mlip_autopipec.oracle.isolated import RECORD_FILE, REFERENCE_DIR
+
+    record = json.loads((run_dir / REFERENCE_DIR / RECORD_FILE).read_text())["Si"]
+    assert [lab["box"] for lab in record["labels"]] == [6.0, 7.0]
+    for lab in record["labels"]:
+        _is_slurm_job(lab["execution"])
+    isolated = current["baseline"]["isolated_atoms"]["elements"]["Si"]
+    _is_slurm_job(isolated["execution"])
+    assert current["baseline"]["reference_energies"] == {"Si": record["energy"]}
 
     # an MD walker with that potential, through the same engine the loop's explore uses
     from ase.build import bulk

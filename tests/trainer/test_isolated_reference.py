@@ -5,7 +5,10 @@ alone still equals ``load_calculator``."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +43,10 @@ trainer:
   max_epochs: 8          # what is tested is the data, not the fit's quality
   kappa: 0.1
   reference: isolated_atoms
-  reference_box: 8
+  reference_box: 6          # small boxes for a fast test (not converged at 1 meV: 6 -> 8 Å
+  reference_box_step: 2     # moves this atom by 80 meV, 8 -> 10 Å by 10 meV)
+  reference_box_max: 8
+  reference_box_tolerance: 200
 """
 
 
@@ -92,6 +98,17 @@ def test_isolated_atom_energies_are_the_references_of_the_yace(tmp_path: Path) -
     assert label_key.endswith("LDA ecut=15/120Ry fixed nspin=1")
     reference = potential["baseline"]["reference_energies"]
     assert reference == {"Si": record["energy"]}
+    # labelled in 6 and 8 Å boxes on the run's executor (a worker thread of the local pool),
+    # the difference recorded in isolated_atoms.json and in the potential's baseline
+    conv = record["box_convergence"]
+    assert conv["boxes_ang"] == [6.0, 8.0] and conv["converged"]
+    assert record["energy"] == conv["energies_ev"][1]
+    assert all(lab["execution"]["thread"].startswith("attempt") for lab in record["labels"])
+    in_potential = potential["baseline"]["isolated_atoms"]["elements"]["Si"]
+    assert in_potential["difference_mev"] == conv["difference_mev"]
+    fit_json = json.loads((run_dir / potential["fit_dir"] / "potential.json").read_text())
+    assert fit_json["baseline"]["isolated_atoms"]["elements"]["Si"] == in_potential
+    assert "box 6 -> 8 Å" in proc.stdout + proc.stderr
     assert potential["baseline"]["reference_method"] == REF_GIVEN
     # cohesive energy of diamond Si from pw.x (LDA, vbc, 15 Ry): a few eV per atom bound
     perfect = min(labelled, key=lambda a: abs(a.get_volume() / len(a) - 5.43**3 / 8))
@@ -114,3 +131,59 @@ def test_isolated_atom_energies_are_the_references_of_the_yace(tmp_path: Path) -
     proc = run_cli("run", str(tmp_path / "r.yaml"), "--run-dir", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / REFERENCE_DIR / RECORD_FILE).read_text())["Si"] == record
+
+
+def _live_pwx(root: Path) -> list[str]:
+    """pw.x processes running in a folder under ``root``."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = str((proc / "cwd").resolve())
+        except OSError:
+            continue
+        if "pw.x" in args and cwd.startswith(str(root)):
+            alive.append(f"{args} in {cwd}")
+    return alive
+
+
+@pytest.mark.pwx
+@needs_pwx
+def test_sigterm_while_an_isolated_atom_runs_stops_its_pwx(tmp_path: Path) -> None:
+    """The isolated atoms' pw.x runs on the run's executor: SIGTERM stops it, the run exits
+    143 and records no half-labelled box."""
+    recipe = tmp_path / "r.yaml"
+    # a 14 Å box at 15 Ry: long enough to be caught running
+    recipe.write_text(
+        RECIPE.replace("reference_box: 6 ", "reference_box: 14").replace(
+            "reference_box_max: 8", "reference_box_max: 16"
+        )
+    )
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlip_autopipec", "run", str(recipe), "--run-dir", str(run_dir)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    reference = run_dir / REFERENCE_DIR
+    try:
+        deadline = time.monotonic() + 180
+        while not _live_pwx(reference) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _live_pwx(reference), "no isolated-atom pw.x seen running"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "labelling isolated atoms with pw.x" in out + err and "Si in 14 Å" in out + err
+    assert not _live_pwx(tmp_path)
+    record = reference / RECORD_FILE
+    assert not record.is_file() or not json.loads(record.read_text()).get("Si", {}).get("labels")
+    with Store.open(run_dir, create=False) as store:
+        assert store.current_potential() is None

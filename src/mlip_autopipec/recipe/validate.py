@@ -464,6 +464,27 @@ def _check_elements(c: _Checker, raw: dict[str, Any], elements: dict[str, list[i
             c.add((*path, k), f"element {symbol!r} is in none of the structures")
 
 
+def _check_reference_box(c: _Checker, raw: dict[str, Any]) -> None:
+    """The box check of ``reference: isolated_atoms`` needs a second box within the cap."""
+    trainer = raw.get("trainer") or {}
+    if trainer.get("reference", schema_default("trainer", "reference")) != "isolated_atoms":
+        return
+    first, step, largest = (
+        float(trainer.get(key, schema_default("trainer", key)))
+        for key in ("reference_box", "reference_box_step", "reference_box_max")
+    )
+    if first + step > largest:
+        given = [
+            k for k in ("reference_box_max", "reference_box_step", "reference_box") if k in trainer
+        ]
+        c.add(
+            ("trainer", given[0]) if given else ("trainer",),
+            f"trainer.reference_box_max {largest:g} Å leaves no box to check the "
+            f"reference_box {first:g} Å against (reference_box + reference_box_step = "
+            f"{first + step:g} Å)",
+        )
+
+
 def _check_pseudopotentials(
     c: _Checker, oracle: dict[str, Any], elements: dict[str, list[int]]
 ) -> None:
@@ -756,6 +777,7 @@ def _run(path: Path) -> tuple[list[Diagnostic], Recipe | None]:
         _check_kspacing(c, oracle_raw)
     if elements is not None and "trainer" not in bad:
         _check_elements(c, raw, elements)
+        _check_reference_box(c, raw)
     if elements is not None and "oracle" not in bad:
         fill_defaults(data["oracle"], schema["properties"]["oracle"])
         _check_pseudopotentials(c, data["oracle"], elements)

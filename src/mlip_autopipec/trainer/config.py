@@ -24,6 +24,9 @@ FIT_SCHEME = 2
 
 #: Settings that change how a fit is run or started but not the potential it aims at.
 _NOT_PHYSICS = ("command", "timeout", "refit")
+#: Settings of ``reference: isolated_atoms`` only (left out of the fingerprint otherwise, so
+#: adding them did not make every fitted-reference run refit).
+_ISOLATED_ONLY = ("reference_box_step", "reference_box_max", "reference_box_tolerance")
 
 
 def _trainer_schema() -> dict[str, Any]:
@@ -88,6 +91,9 @@ def physics_settings(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
     cfg = with_defaults(trainer_cfg)
     for key in _NOT_PHYSICS:
         cfg.pop(key, None)
+    if cfg.get("reference") != "isolated_atoms":
+        for key in _ISOLATED_ONLY:
+            cfg.pop(key, None)
     if cfg.get("elements") is not None:
         cfg["elements"] = sorted(cfg["elements"])
     return {"fit_scheme": FIT_SCHEME, **cfg}

@@ -16,6 +16,7 @@ from typing import Any
 from ase import Atoms
 
 from mlip_autopipec.fsutil import atomic_write_json
+from mlip_autopipec.trainer.baseline import REF_GIVEN
 from mlip_autopipec.trainer.config import with_defaults
 from mlip_autopipec.trainer.pacemaker import (
     PacemakerTrainer,
@@ -60,6 +61,7 @@ def fit_potential(
     trainer: Trainer | None = None,
     execute: Callable[[Trainer, Path, TrainerProfile], object] | None = None,
     reference: Mapping[str, float] | None = None,
+    reference_record: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Fit an ACE potential to ``atoms_list`` with pacemaker in ``workdir``.
 
@@ -70,7 +72,9 @@ def fit_potential(
     fit folder (or its ``output_potential.yaml``) to continue from when ``trainer.refit`` is
     ``continue`` and its elements and settings fingerprint match; otherwise the fit starts
     fresh and a note says why. ``reference``: per-element reference energies (eV) to use
-    instead of fitted ones (``trainer.reference: isolated_atoms``: pw.x isolated atoms).
+    instead of fitted ones (``trainer.reference: isolated_atoms``: pw.x isolated atoms);
+    ``reference_record``: what to record of them (``baseline.isolated_atoms`` in
+    potential.json, when the fit used them).
 
     Raises :class:`TrainerError` (with the log path) when pacemaker or its converter fail,
     time out or leave no potential; nothing outside ``workdir`` is touched in that case.
@@ -90,6 +94,8 @@ def fit_potential(
     else:
         execute(backend, workdir, backend.profile(cfg))
     fit = backend.read_results(workdir)
+    if reference_record is not None and fit.baseline.get("reference_method") == REF_GIVEN:
+        fit.baseline["isolated_atoms"] = dict(reference_record)
     atomic_write_json(workdir / POTENTIAL_JSON, fit.to_dict())
     # Only a complete fit moves the pointer: a failed rerun leaves the previous one current.
     atomic_write_json(
