@@ -92,11 +92,11 @@ def _write_recipe(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _run(recipe: Path, run_dir: Path, workers: int) -> float:
+def _run(recipe: Path, run_dir: Path, workers: int, stage: str = "all") -> float:
     from mlip_autopipec.pipeline import run
 
     start = time.monotonic()
-    run(recipe, run_dir=run_dir, workers=workers)
+    run(recipe, run_dir=run_dir, workers=workers, stage=stage)
     return time.monotonic() - start
 
 
@@ -145,16 +145,26 @@ def _md_frames(fit_dir: Path, n: int, seed: int) -> list[Atoms]:
     return frames
 
 
-def _label_test_set(recipe: Any, frames: list[Atoms], out: Path, workers: int) -> list[Atoms]:
+def _label_test_set(
+    base: dict[str, Any], frames: list[Atoms], out: Path, workers: int
+) -> list[Atoms]:
+    """Label ``frames`` once with the recipe's oracle: a label-only run (``stage="label"``)
+    of a recipe that reads them from an extxyz file (resumable; a rerun labels nothing)."""
+    from ase.io import write
+
     from mlip_autopipec.lifecycle.store import Store
-    from mlip_autopipec.pipeline import label
-    from mlip_autopipec.recipe import resolve_pseudopotentials
 
     test_dir = out / "testset"
-    with Store.open(test_dir) as store:
-        store.add_structures((a, f"test frame {i}") for i, a in enumerate(frames))
-        pseudos = resolve_pseudopotentials(recipe, test_dir / "pseudo")
-        label(recipe, store, test_dir, pseudos, workers)
+    frames_file = out / "testset.extxyz"
+    if not frames_file.is_file():
+        write(frames_file, frames, format="extxyz")
+    data = {
+        "name": f"{base['name']}-testset",
+        "structures": [{"file": str(frames_file)}],
+        "oracle": copy.deepcopy(base["oracle"]),
+    }
+    _run(_write_recipe(data, out / "testset.yaml"), test_dir, workers, stage="label")
+    with Store.open(test_dir, create=False) as store:
         return store.labelled_atoms()
 
 
@@ -190,8 +200,6 @@ def main() -> int:
     args = parser.parse_args()
 
     from ruamel.yaml import YAML
-
-    from mlip_autopipec.recipe import load_recipe
 
     base = json.loads(json.dumps(YAML(typ="safe").load(args.recipe.read_text())))
     out = args.out.resolve()
@@ -239,7 +247,7 @@ def main() -> int:
     else:
         final = _potentials(runs["dopt"])[-1]["fit_dir"]
         frames = _md_frames(final, args.test_frames, seed=2026)
-    test = _label_test_set(load_recipe(args.recipe), frames, out, args.workers)
+    test = _label_test_set(base, frames, out, args.workers)
 
     sizes = sorted({len(a) for a in test})
     record: dict[str, Any] = {"test_frames": len(test), "wall_seconds": walls, "runs": {}}
