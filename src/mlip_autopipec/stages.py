@@ -263,7 +263,7 @@ def train(ctx: RunContext) -> StageResult:
     except TrainerError as exc:
         ctx.say(f"autopipec: error: training failed, labels are kept: {exc}")
         return StageResult(TRAIN, 1, {"fitted": False, "error": str(exc)})
-    pid = record_fit(ctx, fit)
+    pid = record_fit(ctx, fit, key)
     from mlip_autopipec.oracle.relabel import mark_relabels_fitted
 
     mark_relabels_fitted(ctx.run_dir, pid)
@@ -392,11 +392,12 @@ def _previous_fit(ctx: RunContext) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def record_fit(ctx: RunContext, fit: Any) -> int:
+def record_fit(ctx: RunContext, fit: Any, theory_key: str | None = None) -> int:
     """Record ``fit`` and its members as the current potential (one transaction) and move
     its structures to ``trained``; returns the potential id. Where the fit's programs ran
     (the fit folder's ``execution.json``: host, pid, slurm_job_id, seconds) goes into the
-    settings as ``execution``."""
+    settings as ``execution``; the level of theory of its labels as ``theory_key``
+    (recorded with the fit, so ``status`` never has to work it out afterwards)."""
     from mlip_autopipec.execution.tasks import EXECUTION_JSON
 
     run_dir = ctx.run_dir.resolve()
@@ -409,6 +410,7 @@ def record_fit(ctx: RunContext, fit: Any) -> int:
         "trainer": ctx.recipe.trainer,
         "fingerprint": trainer_fingerprint(ctx.recipe.trainer),
         "baseline": fit.baseline,
+        "theory_key": theory_key,
     }
     executed = workdir / EXECUTION_JSON
     if executed.is_file():

@@ -20,8 +20,10 @@ theory of every label). Per structure of the run store:
 
 Theories get short tags ``T1``, ``T2``... in order of first appearance (structure id,
 own labels before relabels). The current potential's theory (``potential_theory_key``)
-is that of its members' labels as fitted: a member's relabel counts once it is
-``trained`` (relabels move to ``trained`` right after the fit that used them).
+is the one recorded with the fit (``settings.theory_key``, :func:`stages.record_fit`); for a
+potential recorded before fits carried it, that of its members' labels as fitted: a
+member's relabel counts once it is ``trained`` (relabels move to ``trained`` right after
+the fit that used them).
 """
 
 from __future__ import annotations
@@ -197,6 +199,9 @@ def run_theories(run_dir: Path | str, store: Store | None = None) -> RunTheories
         as_fitted[sid] = rel["theory_key"] if trained else structures[sid]["theory_key"]
     fitted.update(k for k in fill_unrecorded(as_fitted).values() if k)
     potential_key = fitted.most_common(1)[0][0] if fitted else None
+    recorded = ((current or {}).get("settings") or {}).get("theory_key")
+    if recorded:
+        potential_key = str(recorded)
 
     counts: dict[str, dict[str, int]] = {}
     for s in structures.values():
