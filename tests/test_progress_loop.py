@@ -71,7 +71,7 @@ def test_summary_is_one_line_with_the_budget_left(
     else:
         assert "pw.x calls" not in line
     if refits is not None and (budget or {}).get("iterations") is not None:
-        assert f"refits {refits} of {budget['iterations']}" in line  # type: ignore[index]
+        assert f"iterations {refits} of {budget['iterations']}" in line  # type: ignore[index]
 
 
 def test_summary_of_a_finished_iteration() -> None:
@@ -101,5 +101,5 @@ def test_summary_of_a_finished_iteration() -> None:
         "active learning iteration 2: 4 walkers, 120 frames, 9 candidates, 3 selected, "
         "3 labelled | held-out (2) E 12.3 meV/atom, F 95 meV/Å (refit: E 8.0, F 70) | "
         "γ median 1.23, max 35 | MD survival mean 850 fs, min 300 fs, 1 halted | "
-        "pw.x calls 40 of 60 (20 left) | refits 2 of 5 | wall 10m00s of 1h00m"
+        "pw.x calls 40 of 60 (20 left) | iterations 2 of 5 | wall 10m00s of 1h00m"
     )

@@ -108,7 +108,7 @@ def test_one_progress_line_per_iteration(ci_run: dict[str, Any]) -> None:
     assert f"(refit: E {first['refit_heldout_rmse_energy_mev_per_atom']:.1f}" in one
     assert f"γ median {first['gamma_median']:.3g}, max {first['gamma_max']:.3g}" in one
     assert f"MD survival mean {first['survival_fs_mean']:.0f} fs" in one
-    assert "pw.x calls 12 (no pw.x budget)" in one and "refits 1 of 1" in one
+    assert "pw.x calls 12 (no pw.x budget)" in one and "iterations 1 of 1" in one
     assert f"pw.x calls {second['pwx_calls_total']} (no pw.x budget)" in two
     assert two.endswith(second["stop_reason"])
 

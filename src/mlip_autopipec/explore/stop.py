@@ -65,7 +65,7 @@ def budget_spent(
     """Which budget is spent (a readable phrase), or None."""
     limit = budget.get("iterations")
     if limit is not None and iterations_done >= int(limit):
-        return f"{iterations_done} of {limit} refit iterations"
+        return f"{iterations_done} of {limit} iterations"
     limit = budget.get("pwx_calls")
     if limit is not None and pwx_calls >= int(limit):
         return f"{pwx_calls} of {limit} pw.x calls"

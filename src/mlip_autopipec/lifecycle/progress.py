@@ -466,7 +466,7 @@ def iteration_summary(
             parts.append(f"pw.x calls {calls} (no pw.x budget)")
     limit = budget.get("iterations")
     if limit is not None and refits_done is not None:
-        parts.append(f"refits {refits_done} of {limit}")
+        parts.append(f"iterations {refits_done} of {limit}")
     wall = row.get("wall_seconds_total")
     limit = budget.get("wall_seconds")
     if wall is not None and limit is not None:
