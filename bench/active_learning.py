@@ -88,6 +88,23 @@ loop (fits 710 s of it); its last potential ran the 64-atom 1000 K 5 ps test (mi
 2.05 Å, NVE drift 0.05 meV/atom). The random loop ran to its budget (4 refits, 37 calls).
 The recipe alone (``autopipec run``, idle machine) took 30 min wall to the same 32 calls and
 result (fits 417 s of it).
+
+2026-12-02 (session 4), the recipe now with the norm-conserving Si.pbe-rrkj.UPF at 20 Ry (a
+16-atom label 36-39 s instead of 120-146 s; converged, see the recipe), the same command and
+the same 10 test frames labelled again at these settings; 25 min wall for all three arms:
+
+    dopt     6: 12.3 / 188   15: 4.1 / 100   26: 4.5 /  90
+    random   6: 12.3 / 188   15: 8.1 / 121   24: 3.1 /  98
+    oneshot 17: 9.8 / 150   (8-atom frames 2.4 / 36, 16-atom 13.7 / 182)
+
+The loop reaches the targets at 15 pw.x calls, random selection at 24 (1.6x at the loops'
+fit points; between two fit points no potential exists, so the true ratio is between 16/15
+and 24/15), the one-shot recipe not at 17. In iteration 1 both loops picked 6 of the same
+71 candidates (gamma > 5; 4 of 6 walkers halted at gamma 25): D-optimal's 6 left no frame
+above gamma 5 in iteration 2 (max 3.5), random's left 6 (max 9.1) and a held-out error of
+8.1 meV/atom. The dopt loop stopped by its 4-iteration budget at 32 calls, not converged
+(held-out 2.9 then 6.4 meV/atom in iterations 4-5, 3 frames each, same potential); the
+random loop converged by its rule at 30 calls. The recipe alone (idle machine): 12 min 2 s.
 """
 
 from __future__ import annotations
