@@ -287,8 +287,6 @@ def test_the_fitted_theory_is_the_one_recorded_with_the_fit(
     still ``labelled``, so the members' own labels (T2) would name the wrong theory; the
     theory recorded with the fit (``settings.theory_key``, as ``stages.record_fit`` writes
     it) names the right one (T1)."""
-    from mlip_autopipec.lifecycle.store import Store
-
     run_dir = tmp_path / "run"
     shutil.copytree(runs["relabelled"], run_dir)
     view = run_theories(run_dir)
@@ -296,29 +294,11 @@ def test_the_fitted_theory_is_the_one_recorded_with_the_fit(
     assert ids == [1, 2, 3] and view.structures[2]["relabel"]["state"] == "labelled"
     training = view.training_key
     assert training is not None and training.endswith(SMEARED)
-    with Store.open(run_dir, create=False) as store:
-        pid = store.record_potential(
-            path="trainer/fit-001/output_potential.yace",
-            metrics={"rmse_energy_mev_per_atom": {}, "rmse_forces_mev_per_ang": {}},
-            baseline={"type": "none"},
-            pacemaker_version="0.4.0rc1",
-            train_ids=ids,
-            test_ids=[],
-            settings={"theory_key": training},
-        )
-        store.mark_trained(ids, pid)
+    record_fit(run_dir, {"theory_key": training}, relabels_fitted=False)
     assert run_theories(run_dir).potential_theory_key == training
     assert status_json(run_dir)["potential"]["theory_key"] == training
     # the same record without the key: worked out from the members, the relabels not yet
     # marked fitted, it names their old theory (what the record prevents)
-    with Store.open(run_dir, create=False) as store:
-        store.record_potential(
-            path="trainer/fit-002/output_potential.yace",
-            metrics={"rmse_energy_mev_per_atom": {}, "rmse_forces_mev_per_ang": {}},
-            baseline={"type": "none"},
-            pacemaker_version="0.4.0rc1",
-            train_ids=ids,
-            test_ids=[],
-        )
+    record_fit(run_dir, relabels_fitted=False)
     derived = run_theories(run_dir).potential_theory_key
     assert derived is not None and derived.endswith(FIXED)

@@ -122,10 +122,14 @@ class TheoryRun:
         return self.label(store, run_dir, bad)
 
 
-def record_fit(run_dir: Path) -> int:
+def record_fit(
+    run_dir: Path, settings: dict[str, Any] | None = None, *, relabels_fitted: bool = True
+) -> int:
     """Record the run's training set as its current potential as ``stages.record_fit`` and
     ``mark_relabels_fitted`` do (the store's record only: what status, export and the
-    report's theory section read; no pacemaker fit, so no ``.yace`` to evaluate)."""
+    report's theory section read; no pacemaker fit, so no ``.yace`` to evaluate).
+    ``settings``: the potential's settings record; ``relabels_fitted=False`` stops before
+    ``mark_relabels_fitted`` (a kill between the two)."""
     from mlip_autopipec.lifecycle.theories import run_theories
     from mlip_autopipec.oracle.relabel import mark_relabels_fitted
 
@@ -139,7 +143,9 @@ def record_fit(run_dir: Path) -> int:
             pacemaker_version="0.4.0rc1",
             train_ids=ids,
             test_ids=[],
+            settings=settings,
         )
         store.mark_trained(ids, pid)
-    mark_relabels_fitted(run_dir, pid)
+    if relabels_fitted:
+        mark_relabels_fitted(run_dir, pid)
     return pid

@@ -124,6 +124,20 @@ class RunTheories:
         ]
 
 
+def _members_theory(members: set[int], structures: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """The dominant theory of a potential's members' labels as fitted: a member's relabel
+    counts once it is ``trained``."""
+    as_fitted: dict[int, str | None] = {}
+    for sid in sorted(members):
+        if sid not in structures:
+            continue
+        rel = structures[sid]["relabel"] or {}
+        trained = rel.get("state") == "trained" and rel.get("theory_key")
+        as_fitted[sid] = rel["theory_key"] if trained else structures[sid]["theory_key"]
+    fitted = Counter(k for k in fill_unrecorded(as_fitted).values() if k)
+    return fitted.most_common(1)[0][0] if fitted else None
+
+
 def run_theories(run_dir: Path | str, store: Store | None = None) -> RunTheories:
     """The theory view of ``run_dir`` (its run store, relabel store and relabel decision).
     ``store``: the run store when the caller has it open (else it is opened read-only)."""
@@ -188,20 +202,10 @@ def run_theories(run_dir: Path | str, store: Store | None = None) -> RunTheories
         elif s["id"] not in kept_set:
             s["left_out"] = LEFT_OUT_THEORY
 
-    # the current potential: its members' labels as fitted
-    fitted: Counter[str] = Counter()
-    as_fitted: dict[int, str | None] = {}
-    for sid in sorted(members):
-        if sid not in structures:
-            continue
-        rel = structures[sid]["relabel"] or {}
-        trained = rel.get("state") == "trained" and rel.get("theory_key")
-        as_fitted[sid] = rel["theory_key"] if trained else structures[sid]["theory_key"]
-    fitted.update(k for k in fill_unrecorded(as_fitted).values() if k)
-    potential_key = fitted.most_common(1)[0][0] if fitted else None
+    # the current potential: the theory recorded with its fit, else (a potential recorded
+    # before fits carried it) its members' labels as fitted
     recorded = ((current or {}).get("settings") or {}).get("theory_key")
-    if recorded:
-        potential_key = str(recorded)
+    potential_key = str(recorded) if recorded else _members_theory(members, structures)
 
     counts: dict[str, dict[str, int]] = {}
     for s in structures.values():
