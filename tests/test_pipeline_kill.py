@@ -36,7 +36,7 @@ _KILLED_BEFORE_RECORD = """
 import os, signal, sys
 from mlip_autopipec import stages
 
-def killed(ctx, fit):
+def killed(ctx, fit, theory_key=None):
     assert (fit.workdir / "potential.json").is_file()
     os.kill(os.getpid(), signal.SIGKILL)
 
