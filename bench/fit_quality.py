@@ -2,6 +2,7 @@
 
     python bench/fit_quality.py [--recipes si_quickstart sic_zbl] [--work DIR]
                                 [--max-epochs N [N ...]] [--dft-only]
+                                [--trainer JSON] [--tag NAME]
 
 For every recipe: label its structures with the real pw.x (``autopipec run --stage label``,
 cached in ``--work``), fit with the recipe's trainer section (or each ``--max-epochs`` value),
@@ -76,22 +77,34 @@ def reference_cells(recipe_stem: str) -> list[Atoms]:
     return cells
 
 
-def dft_ev(recipe_path: Path, work: Path) -> list[tuple[float, float]]:
-    """(volume per atom, energy per atom) from pw.x at the recipe's settings; cached."""
-    cache = work / f"dft-ev-{recipe_path.stem}.json"
-    if cache.is_file():
-        return [tuple(p) for p in json.loads(cache.read_text())]  # type: ignore[misc]
+def dft_ev(recipe_path: Path, work: Path, run_dir: Path | None = None) -> list[tuple[float, float]]:
+    """(volume per atom, energy per atom) from pw.x at the settings the recipe's structures
+    were labelled with: its oracle section, with the k-points (and cutoffs) its
+    ``oracle.converge`` scan chose where ``run_dir`` holds that record; cached."""
     from mlip_autopipec.oracle import EspressoOracle
+    from mlip_autopipec.oracle.converge import CONVERGE_FILE, apply_converged
     from mlip_autopipec.oracle.espresso import label_serially
     from mlip_autopipec.recipe.pseudo import resolve_pseudopotentials
     from mlip_autopipec.recipe.validate import load_recipe
 
     recipe = load_recipe(recipe_path)
+    oracle_cfg = dict(recipe.oracle)
+    tag = recipe_path.stem
+    record_path = run_dir / CONVERGE_FILE if run_dir is not None else None
+    if recipe.oracle.get("converge"):
+        if record_path is None or not record_path.is_file():
+            raise RuntimeError(f"{recipe_path.name} converges its settings: label it first")
+        record = json.loads(record_path.read_text())
+        oracle_cfg = apply_converged(oracle_cfg, record)
+        tag += f"-k{record['kspacing']}"
+    cache = work / f"dft-ev-{tag}.json"
+    if cache.is_file():
+        return [tuple(p) for p in json.loads(cache.read_text())]  # type: ignore[misc]
     pseudos = resolve_pseudopotentials(recipe, work / "pseudo")
-    oracle = EspressoOracle(recipe.oracle, pseudos)
+    oracle = EspressoOracle(oracle_cfg, pseudos)
     points = []
     for i, atoms in enumerate(reference_cells(recipe_path.stem)):
-        history = label_serially(oracle, str(i), atoms, work / f"ev-{recipe_path.stem}" / f"{i}")
+        history = label_serially(oracle, str(i), atoms, work / f"ev-{tag}" / f"{i}")
         last = history[-1]
         if not last.ok or last.energy is None:
             raise RuntimeError(f"pw.x failed on E-V point {i}: {last.message}")
@@ -151,6 +164,13 @@ def main() -> int:
     )
     parser.add_argument("--max-epochs", type=int, nargs="+", default=None)
     parser.add_argument("--dft-only", action="store_true")
+    parser.add_argument(
+        "--trainer",
+        type=json.loads,
+        default={},
+        help='trainer settings over the recipe\'s (JSON), e.g. {"min_loss_change": 1e-4}',
+    )
+    parser.add_argument("--tag", default="", help="prefix of the fit folders (with --trainer)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     from mlip_autopipec.lifecycle.store import Store
@@ -159,20 +179,20 @@ def main() -> int:
 
     for stem in args.recipes:
         recipe_path = ROOT / "recipes" / f"{stem}.yaml"
-        dft = dft_ev(recipe_path, args.work)
+        run_dir = label(recipe_path, args.work)
+        dft = dft_ev(recipe_path, args.work, run_dir)
         v_dft, b_dft = eos(dft)
         if args.dft_only:
             print(json.dumps({"recipe": stem, "dft_v0": v_dft, "dft_B_GPa": b_dft}))
             continue
-        run_dir = label(recipe_path, args.work)
         with Store.open(run_dir, create=False) as store:
             atoms_list = store.labelled_atoms()
         trainer = load_recipe(recipe_path).trainer
         for max_epochs in args.max_epochs or [None]:
-            cfg = dict(trainer)
+            cfg = {**trainer, **args.trainer}
             if max_epochs is not None:
                 cfg["max_epochs"] = max_epochs
-            fit_dir = args.work / f"fit-{stem}-{max_epochs or 'recipe'}"
+            fit_dir = args.work / f"fit-{stem}-{args.tag}{max_epochs or 'recipe'}"
             t0 = time.monotonic()
             fit = fit_potential(atoms_list, cfg, fit_dir)
             wall = time.monotonic() - t0
@@ -180,6 +200,7 @@ def main() -> int:
             record = {
                 "recipe": stem,
                 "max_epochs": cfg.get("max_epochs"),
+                "trainer_overrides": args.trainer,
                 "structures": len(atoms_list),
                 "lattice_ratio": (v_ace / v_dft) ** (1 / 3),
                 "bulk_modulus_ratio": b_ace / b_dft,
