@@ -21,6 +21,7 @@ B 87.64 GPa; sic_zbl V0 10.511 Å^3/atom, B 210.85 GPa.
     si_quickstart   1000 (def.) 369         yes (*)    1.00046   1.008    954 s
     sic_zbl         150 (rec.)  150         no         1.00089   1.001    819 s
     sic_zbl         1000        999 (**)    no         1.00039   0.970    3277 s
+    al_metal        1000 (def.) 247         yes (*)    1.00023   0.993    236 s  (***)
 
 (*) BFGS stopped on its own ("Desired error not necessarily achieved due to precision loss",
 scipy status 2): the loss cannot be lowered further along its search direction. Test RMSE
@@ -32,6 +33,9 @@ fit is a reproducible figure.
 it is reported as not converged; its E-V figures are within 0.1 % / 3 % all the same. The log
 parser counts 999 of the 1000 iterations there (an off-by-one at the iteration limit, not
 investigated).
+
+(***) Measured 2026-12-03 on the idle machine with the converged 13x13x13 grid (15 labels in
+14 min 34 s): DFT V0 15.527 Å^3/atom, B 82.91 GPa; test RMSE 0.25 meV/atom.
 
 The bench fits with the reference energies the trainer fits (``trainer.reference: fit``).
 Measured once by hand (same cached sic_zbl labels, 150 iterations, load ~6) with pw.x
