@@ -34,8 +34,9 @@ it is reported as not converged; its E-V figures are within 0.1 % / 3 % all the 
 parser counts 999 of the 1000 iterations there (an off-by-one at the iteration limit, not
 investigated).
 
-(***) Measured 2026-12-03 on the idle machine with the converged 13x13x13 grid (15 labels in
-14 min 34 s): DFT V0 15.527 Å^3/atom, B 82.91 GPa; test RMSE 0.25 meV/atom.
+(***) Measured 2026-12-03 with the converged 13x13x13 grid (15 labels in 14 min 34 s on the
+idle machine; the fit had another run beside it for 3 of its 4 minutes): DFT V0 15.527
+Å^3/atom, B 82.91 GPa; test RMSE 0.25 meV/atom.
 
 The bench fits with the reference energies the trainer fits (``trainer.reference: fit``).
 Measured once by hand (same cached sic_zbl labels, 150 iterations, load ~6) with pw.x
