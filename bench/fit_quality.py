@@ -22,6 +22,10 @@ B 87.64 GPa; sic_zbl V0 10.511 Å^3/atom, B 210.85 GPa.
     sic_zbl         150 (rec.)  150         no         1.00089   1.001    819 s
     sic_zbl         1000        999 (**)    no         1.00039   0.970    3277 s
     al_metal        1000 (def.) 247         yes (*)    1.00023   0.993    236 s  (***)
+    sic_zbl         2000, early 729         yes (****) 0.99970   0.975    960 s
+
+The two sic_zbl rows of 2026-12-01 were measured on labels made before the recipe had its
+k-point scan (koffset 0, kspacing 0.12), with the DFT E-V at the same settings.
 
 (*) BFGS stopped on its own ("Desired error not necessarily achieved due to precision loss",
 scipy status 2): the loss cannot be lowered further along its search direction. Test RMSE
@@ -37,6 +41,14 @@ investigated).
 (***) Measured 2026-12-03 with the converged 13x13x13 grid (15 labels in 14 min 34 s on the
 idle machine; the fit had another run beside it for 3 of its 4 minutes): DFT V0 15.527
 Å^3/atom, B 82.91 GPa; test RMSE 0.25 meV/atom.
+
+(****) The recipe as shipped since 2026-12-03: early stop (min_loss_change 1e-3, patience 50)
+with max_epochs 2000 as a ceiling, on the 21 labels at the scan's kspacing 0.07 (13 min 18 s
+to label); DFT at kspacing 0.07: V0 10.493 Å^3/atom, B 210.79 GPa; test RMSE 2.6 meV/atom;
+the fit ran beside the test suite. Its interim potentials (pacemaker's interim_potential_0,
+copied once a minute) gave at iterations 486 / 532 / 581 / 628 / 679 / 729: a x1.00028 /
+1.00048 / 1.00052 / 1.00048 / 0.99955 / 0.99973, B x0.977 / 0.994 / 0.987 / 0.985 / 0.973 /
+0.974: the curve no longer moves by more than 0.1 % / 2 %.
 
 The bench fits with the reference energies the trainer fits (``trainer.reference: fit``).
 Measured once by hand (same cached sic_zbl labels, 150 iterations, load ~6) with pw.x
