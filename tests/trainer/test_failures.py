@@ -105,7 +105,7 @@ def test_tensorpot_without_tensorpotential_is_explained(tmp_path: Path):
 
 @pytest.mark.pacemaker
 def test_rerun_after_a_failure_retries_training_only(tmp_path: Path):
-    from conftest import pacemaker_available
+    from trainer_testlib import pacemaker_available
 
     if not pacemaker_available():
         pytest.skip("pacemaker not installed")
@@ -129,7 +129,7 @@ def test_rerun_after_a_failure_retries_training_only(tmp_path: Path):
 
 @pytest.mark.pacemaker
 def test_small_dataset_caps_the_basis_and_keeps_a_potential_without_active_set(tmp_path: Path):
-    from conftest import pacemaker_available
+    from trainer_testlib import pacemaker_available
 
     from mlip_autopipec.trainer import load_calculator
     from mlip_autopipec.trainer.fit import resolve_command
@@ -165,7 +165,7 @@ def test_small_dataset_caps_the_basis_and_keeps_a_potential_without_active_set(t
 
 @pytest.mark.pacemaker
 def test_capped_basis_builds_a_real_active_set(tmp_path: Path):
-    from conftest import pacemaker_available
+    from trainer_testlib import pacemaker_available
 
     if not pacemaker_available():
         pytest.skip("pacemaker not installed")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_FIT, needs_pacemaker, needs_pwx
+from trainer_testlib import SMALL_FIT, needs_pacemaker, needs_pwx
 
 from mlip_autopipec import load_calculator as public_load_calculator
 from mlip_autopipec.errors import TrainerError

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from ase.calculators.lj import LennardJones
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import needs_pacemaker
 from hypothesis import given
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 from si_data import si_cells
+from trainer_testlib import needs_pacemaker
 
 from mlip_autopipec.errors import TrainerError
 from mlip_autopipec.process import run_process

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from conftest import needs_pacemaker, needs_pwx
+from trainer_testlib import needs_pacemaker, needs_pwx
 
 from mlip_autopipec.lifecycle.store import Store
 from mlip_autopipec.oracle.isolated import RECORD_FILE, REFERENCE_DIR, isolated_atom_cfg

@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 from ase import Atoms
-from conftest import needs_pacemaker
 from sic_data import labelled_sic_dataset, pwx_available
+from trainer_testlib import needs_pacemaker
 
 from mlip_autopipec.trainer import fit_potential, load_calculator
 
