@@ -23,6 +23,7 @@ B 87.64 GPa; sic_zbl V0 10.511 Å^3/atom, B 210.85 GPa.
     sic_zbl         1000        999 (**)    no         1.00039   0.970    3277 s
     al_metal        1000 (def.) 247         yes (*)    1.00023   0.993    236 s  (***)
     sic_zbl         2000, early 729         yes (****) 0.99970   0.975    960 s
+    sic_zbl 40 Ry   2000, early 672         yes (*****) 1.00043  0.979    925 s
 
 The two sic_zbl rows of 2026-12-01 were measured on labels made before the recipe had its
 k-point scan (koffset 0, kspacing 0.12), with the DFT E-V at the same settings.
@@ -49,6 +50,10 @@ the fit ran beside the test suite. Its interim potentials (pacemaker's interim_p
 copied once a minute) gave at iterations 486 / 532 / 581 / 628 / 679 / 729: a x1.00028 /
 1.00048 / 1.00052 / 1.00048 / 0.99955 / 0.99973, B x0.977 / 0.994 / 0.987 / 0.985 / 0.973 /
 0.974: the curve no longer moves by more than 0.1 % / 2 %.
+
+(*****) The recipe as shipped since 2026-12-03, session 8: the same at 40/320 Ry (30 Ry was
+up to 5.7 meV/atom off 60 Ry in energy differences, 40 Ry 1.29): 21 labels in 21 min 50 s
+with the k-scan (again 0.07); DFT V0 10.481 Å^3/atom, B 211.69 GPa; test RMSE 2.6 meV/atom.
 
 The bench fits with the reference energies the trainer fits (``trainer.reference: fit``).
 Measured once by hand (same cached sic_zbl labels, 150 iterations, load ~6) with pw.x
