@@ -207,11 +207,11 @@ def test_walltime_continues_from_the_saved_density(tmp_path: Path) -> None:
         electrons={"mixing_beta": 0.3},
         retry={"max_attempts": 2},
     )
-    cfg["input_data"]["control"]["max_seconds"] = 2.0
+    cfg["input_data"]["control"]["max_seconds"] = 3.0
     oracle = EspressoOracle(cfg, {"Fe": PSEUDO / "Fe.pz-nd-rrkjus.UPF"})
-    # 4 atoms: ~0.16 s per SCF step, 100 steps do not converge it, so 2 s always stop it
-    # after a dozen steps or so. The 2-atom cell with 1 s converged in 1.5 s on an idle
-    # machine: too close to max_seconds to be sure of the walltime stop.
+    # 4 atoms: ~0.16 s per SCF step, 100 steps do not converge it, so 3 s always stop it
+    # (2 s: 9-12 steps idle, 3-4 on CI's loaded machine). The 2-atom cell with 1 s converged
+    # in 1.5 s on an idle machine: too close to max_seconds to be sure of the walltime stop.
     fe4 = _fe_full_moment(bulk("Fe", "bcc", 2.87, cubic=True).repeat((2, 1, 1)))
     res = label_serially(oracle, "fe", fe4, tmp_path)
     assert res[0].failure_class == FailureClass.WALLTIME
@@ -221,9 +221,14 @@ def test_walltime_continues_from_the_saved_density(tmp_path: Path) -> None:
     assert res[1].step is not None and res[1].step["ladder"] == "walltime"
     pwi = (tmp_path / "attempt-02" / "espresso.pwi").read_text()
     assert re.search(r"startingpot\s*=\s*'file'", pwi)
-    if res[0].n_scf >= 3:
-        # the saved density is much better than the superposition of atoms
-        assert res[1].scf_history_ev[0] < res[0].scf_history_ev[0] / 10
+    # the saved density is better than the superposition of atoms the first attempt began
+    # with; how much better depends on how many steps a loaded machine got through before
+    # max_seconds (CI once got 3-4: 34.6 eV -> 5.3 eV), so the factor of 10 is asked only
+    # when the first attempt itself had come down by 100 (idle, 2 s: 12 steps, 34.6 -> 0.014).
+    first, second = res[0].scf_history_ev, res[1].scf_history_ev
+    assert second[0] < first[0]
+    if min(first) < first[0] / 100:
+        assert second[0] < first[0] / 10
 
 
 def test_metal_with_fixed_occupations_not_converging_gets_smearing(tmp_path: Path) -> None:
