@@ -302,3 +302,32 @@ def test_status_says_whether_the_fit_converged(tmp_path):
     data = status_json(tmp_path)
     assert set(data) == {"counts", "structures", "potential", "theories"}  # --json keeps its keys
     assert "optimizer: NOT converged after 20 iterations" in render_table(data, fit)
+
+
+def test_a_kill_while_the_store_is_created_leaves_no_empty_database(tmp_path):
+    """SIGKILL in the middle of creating the store (seen in the kill-anywhere test: the group
+    killed right after the start left a 0-byte database every rerun refused as truncated)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from mlip_autopipec.lifecycle import migrations, store\n"
+        "def killed(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "migrations.migrate = killed\n"
+        "store.Store.open(sys.argv[1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / DB_NAME).exists()
+    leftovers = list(tmp_path.glob(f".{DB_NAME}.*"))
+    assert leftovers  # the half-made store, under its private name
+    store = Store.open(tmp_path)  # the rerun starts cleanly...
+    sid = store.add_structure(scripted_atoms(1, []), "s")
+    store.close()
+    assert not any(p.exists() for p in leftovers)  # ...and clears what the kill left
+    reopened = Store.open(tmp_path, create=False)
+    assert reopened.ids_in_state("pending") == [sid]
+    reopened.close()

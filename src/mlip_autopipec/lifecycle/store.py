@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -186,6 +187,47 @@ def _check_database(path: Path) -> None:
         check(path)
 
 
+def _create_database(path: Path) -> None:
+    """Make the store at ``path`` whole or not at all.
+
+    A plain ``sqlite3.connect`` leaves an empty file until the schema commits; a run
+    killed in that moment (seen: SIGKILL of the group right after the start) left a
+    0-byte database that every rerun refuses as truncated. The schema is written to a
+    private file in the same directory and hard-linked into place (no overwrite: a
+    store another process made first wins), so the path holds nothing or a full store.
+    Leftovers of a creation killed earlier are removed.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.new*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None, timeout=30.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA_V1)
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1')")
+            migrations.migrate(conn, tmp, backup=False)
+        finally:
+            conn.close()  # checkpoints the WAL into the file
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
 #: One structure to add: (atoms, source) or (atoms, source, origin) or
 #: (atoms, source, origin, gamma); origin None means "built from the source".
 StructureItem = tuple[Any, ...]
@@ -219,6 +261,8 @@ class Store:
             _check_database(path)
         conn: sqlite3.Connection | None = None
         try:
+            if create and not existed:
+                _create_database(path)
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             if create:
                 # WAL is persistent in the file: readers (status) need not set it again.
