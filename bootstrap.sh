@@ -92,5 +92,10 @@ fi
 cleanup() { ((slurm_started)) && .ci/slurm/stop.sh || true; }
 trap cleanup EXIT
 
+# Two pytest workers (AUTOPIPEC_TEST_WORKERS; 0 = one process): most tests wait on one
+# serial pw.x or pacemaker, so one process kept a 2-core machine half idle (load ~1.0,
+# 17-20 min; measured with two: 10.6 min). Whole files go to a worker, so a module's
+# fixtures are built once (loadgroup would not group under pytest 9.2: xdist 3.8 sets a
+# node attribute pytest no longer reads).
 log "pytest"
-pytest --durations=25 "${@:2}"
+pytest -n "${AUTOPIPEC_TEST_WORKERS:-2}" --dist loadfile --durations=25 "${@:2}"

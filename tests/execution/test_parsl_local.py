@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
 from pathlib import Path
 
 import pytest
@@ -18,16 +18,28 @@ from mlip_autopipec.execution.parsl_engine import (  # noqa: E402
 from mlip_autopipec.process import ProcessResult, run_process  # noqa: E402
 
 
-def _leftovers() -> str:
-    """Parsl processes still alive (the interchange and worker pools)."""
-    out = subprocess.run(
-        ["pgrep", "-af", "interchange.py|process_worker_pool.py"], capture_output=True, text=True
-    ).stdout
-    return "\n".join(line for line in out.splitlines() if "pgrep" not in line)
+def _leftovers(root: Path) -> list[str]:
+    """Parsl processes of this test still alive: the interchange (it keeps its log open under
+    the run directory) and the worker pools (the run directory is in their arguments). Those
+    of tests running in parallel in another pytest worker use other folders."""
+    where = str(root)
+    alive = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "interchange" not in args and "process_worker_pool" not in args:
+                continue
+            files = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if where in args or any(f.startswith(where) for f in files):
+            alive.append(f"{proc.name} {args}")
+    return alive
 
 
-def test_local_provider_runs_real_functions_and_cleans_up(tmp_path: Path) -> None:
-    before = _leftovers()
+def test_local_provider_runs_real_functions_and_cleans_up(
+    tmp_path: Path,
+) -> None:
     with make_parsl_executor(fast_parsl_cfg("local"), 2, run_dir=tmp_path / "parsl") as ex:
         futures = [
             ex.submit(
@@ -44,6 +56,9 @@ def test_local_provider_runs_real_functions_and_cleans_up(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="empty command") as info:
             bad.result(timeout=60)
         assert not is_lost_worker_error(info.value)
+        running = _leftovers(tmp_path)  # the check below can see them
+        assert any("interchange" in p for p in running), running
+        assert any("process_worker_pool" in p for p in running), running
     for i, result in enumerate(results):
         assert isinstance(result, ProcessResult)
         assert result.returncode == 0
@@ -51,22 +66,35 @@ def test_local_provider_runs_real_functions_and_cleans_up(tmp_path: Path) -> Non
     # Parsl wrote its logs where it was told, not in the current directory
     assert list((tmp_path / "parsl").glob("*/parsl.log"))
     assert not Path("runinfo").exists()
-    assert _leftovers() == before
+    assert _leftovers(tmp_path) == []
 
 
-def test_exception_inside_the_block_still_stops_parsl(tmp_path: Path) -> None:
-    before = _leftovers()
+def test_exception_inside_the_block_still_stops_parsl(
+    tmp_path: Path,
+) -> None:
     with (
         pytest.raises(RuntimeError, match="runner blew up"),
         make_parsl_executor(fast_parsl_cfg("local"), 1, run_dir=tmp_path) as ex,
     ):
         ex.submit(run_process, ["sleep", "30"], tmp_path / "s").done()
         raise RuntimeError("runner blew up")
-    assert _leftovers() == before
-    assert (
-        "sleep 30"
-        not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    )
+    assert _leftovers(tmp_path) == []
+    assert not _sleeping_in(tmp_path / "s")
+
+
+def _sleeping_in(folder: Path) -> list[str]:
+    """Live ``sleep`` processes whose working directory is ``folder`` (this test's task;
+    other tests, possibly running in parallel, sleep elsewhere)."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = (proc / "cwd").resolve()
+        except OSError:
+            continue
+        if args and args[0].endswith(b"sleep") and cwd == folder.resolve():
+            alive.append(b" ".join(args).decode())
+    return alive
 
 
 def test_cancelled_future_is_forgotten(tmp_path: Path) -> None:
