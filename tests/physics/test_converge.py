@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from physics_testlib import ROOT, needs_pwx, write_recipe
 
+from mlip_autopipec.errors import OracleError
 from mlip_autopipec.oracle import EspressoOracle, label_serially
 from mlip_autopipec.oracle.converge import (
     CONVERGE_FILE,
@@ -224,3 +225,73 @@ def test_cutoff_is_converged_first_and_keeps_the_density_ratio(tmp_path: Path) -
     kcalcs = [c for c in record["calculations"] if c["setting"] == "kspacing"]
     assert kcalcs and all(c["theory_key"] == kcalcs[0]["theory_key"] for c in kcalcs)
     assert f"ecut={ecut:g}/{4 * ecut:g}Ry" in kcalcs[0]["theory_key"]
+
+
+DIFFERENCES = """\
+name: si-cutoff-differences
+structures:
+  - bulk: {element: Si, crystal: diamond, a: 5.43}
+    strain: {min: -0.04, max: 0.04, count: 3}
+    rattle: {stdev: 0.05, count: 1, seed: 2}
+oracle:
+  pseudopotentials: {Si: Si.pz-vbc.UPF}
+  kspacing: 0.3
+  koffset: [1, 1, 1]
+  converge:
+    energy_mev_per_atom: 10
+    forces_mev_per_ang: 50
+    ecutwfc: [12, 16, 20, 24, 30]
+    ecutwfc_criterion: differences
+    kspacing: [0.3, 0.15, 0.1, 0.07]
+    structures: %d
+  input_data: {system: {ecutwfc: 12, ecutrho: 48}, electrons: {conv_thr: 1.0e-8}}
+"""
+
+
+@pytest.mark.pwx
+@needs_pwx
+def test_cutoff_converged_on_energy_differences(tmp_path: Path) -> None:
+    """Measured (NC Si pz-vbc, 2-atom cells at -4 % strain and +4 % rattled, 12 -> 40 Ry):
+    per step from 16 Ry on the absolute energies move 63, 22, 11, 6 meV/atom, their
+    difference 0.7, 2.5, 3.4, 0.6 (16 -> 20 Ry forces 16 meV/Å): at 10 meV/atom `absolute`
+    needs 30 Ry, `differences` 16 Ry."""
+    recipe = write_recipe(tmp_path, DIFFERENCES % 2)
+    structures = build_structures(recipe)
+    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
+    cfg, record = converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    assert record is not None and record["ecutwfc_criterion"] == "differences"
+    assert record["ecutwfc"] == 16 and cfg["input_data"]["system"]["ecutwfc"] == 16
+    assert cfg["input_data"]["system"]["ecutrho"] == pytest.approx(64)
+    steps = record["ecutwfc_steps"]
+    # both representatives at every cutoff up to the one after the chosen value
+    by = {
+        (c["value"], c["structure"]): c["energy_per_atom"]
+        for c in record["calculations"]
+        if c["setting"] == "ecutwfc"
+    }
+    assert sorted(by) == [(e, i) for e in (12.0, 16.0, 20.0) for i in (0, 1)]
+    for step in steps:
+        lo, hi, i = step["from"], step["to"], step["structure"]
+        rel = (by[(lo, i)] - by[(lo, 0)]) - (by[(hi, i)] - by[(hi, 0)])
+        assert abs(rel) * 1000 == pytest.approx(
+            step["delta_energy_difference_mev_per_atom"], abs=1e-3
+        )
+        absolute = abs(by[(lo, i)] - by[(hi, i)]) * 1000
+        assert absolute == pytest.approx(step["delta_energy_mev_per_atom"], abs=1e-3)
+    chosen = [s for s in steps if s["from"] == 16]
+    assert chosen and all(s["converged"] for s in chosen)
+    assert not all(s["converged"] for s in steps if s["from"] == 12)
+    # the absolute energy is far from converged at the chosen cutoff: a different criterion
+    assert max(s["delta_energy_mev_per_atom"] for s in chosen) > 10
+    # the k-point scan ran at the chosen cutoff
+    kcalcs = [c for c in record["calculations"] if c["setting"] == "kspacing"]
+    assert kcalcs and all("ecut=16/64Ry" in c["theory_key"] for c in kcalcs)
+
+
+def test_cutoff_differences_need_two_representatives(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, DIFFERENCES % 1)
+    structures = build_structures(recipe)
+    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
+    with pytest.raises(OracleError, match="needs two or more; there is 1"):
+        converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    assert not (tmp_path / CONVERGE_FILE).exists()
