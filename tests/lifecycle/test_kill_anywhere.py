@@ -2,8 +2,10 @@
 does) at random points, resume, and check: labels identical to an uninterrupted run, no
 recorded attempt recomputed, and no process of the killed run alive afterwards.
 
-The default part labels five 2-atom Si cells with the real pw.x; the slow part also kills
-during training (real pacemaker) and the report.
+The default part labels four 2-atom Si cells with the real pw.x; the `long` part also
+kills during training (real pacemaker) and the report (40-50 s; kills of the loop during
+pacemaker's fit and labelling, and between a fit and its record, are in the default
+suite: tests/explore/test_kill_loop.py, tests/test_pipeline_kill.py).
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def test_kill_the_group_anywhere_in_labelling(tmp_path):
     _kill_anywhere(tmp_path, "label", count=4, rattle=0, kills=2)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.pacemaker
 @pytest.mark.skipif(shutil.which("pacemaker") is None, reason="pacemaker not installed")
 def test_kill_the_group_anywhere_in_labelling_training_and_report(tmp_path):
