@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ase.build import bulk
@@ -151,6 +152,15 @@ def test_quickstart_converges_its_own_cells(tmp_path: Path) -> None:
     print(json.dumps({k: record[k] for k in ("kspacing", "grids", "kspacing_steps")}))
 
 
+def _converge(tmp_path: Path, text: str) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """(recipe, oracle section to label with, convergence record) of a recipe text."""
+    recipe = write_recipe(tmp_path, text)
+    structures = build_structures(recipe)
+    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
+    cfg, record = converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    return recipe, cfg, record
+
+
 SMALL = """\
 name: si-small
 structures:
@@ -168,10 +178,7 @@ oracle:
 @needs_pwx
 def test_scan_picks_the_coarsest_converged_spacing(tmp_path: Path) -> None:
     """Small NC Si (seconds): 0.3 and 0.2 give the same 2x2x2 grid and are one step."""
-    recipe = write_recipe(tmp_path, SMALL)
-    structures = build_structures(recipe)
-    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
-    cfg, record = converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    recipe, cfg, record = _converge(tmp_path, SMALL)
     assert record is not None
     steps = record["kspacing_steps"]
     assert steps[0]["from"] == 0.3 and all(s["from"] != 0.2 for s in steps)  # same grid
@@ -207,10 +214,7 @@ oracle:
 @pytest.mark.pwx
 @needs_pwx
 def test_cutoff_is_converged_first_and_keeps_the_density_ratio(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, CUTOFF)
-    structures = build_structures(recipe)
-    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
-    cfg, record = converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    recipe, cfg, record = _converge(tmp_path, CUTOFF)
     assert record is not None
     steps = record["ecutwfc_steps"]
     for i in (0, 1):
@@ -255,10 +259,7 @@ def test_cutoff_converged_on_energy_differences(tmp_path: Path) -> None:
     per step from 16 Ry on the absolute energies move 63, 22, 11, 6 meV/atom, their
     difference 0.7, 2.5, 3.4, 0.6 (16 -> 20 Ry forces 16 meV/Å): at 10 meV/atom `absolute`
     needs 30 Ry, `differences` 16 Ry."""
-    recipe = write_recipe(tmp_path, DIFFERENCES % 2)
-    structures = build_structures(recipe)
-    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
-    cfg, record = converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+    recipe, cfg, record = _converge(tmp_path, DIFFERENCES % 2)
     assert record is not None and record["ecutwfc_criterion"] == "differences"
     assert record["ecutwfc"] == 16 and cfg["input_data"]["system"]["ecutwfc"] == 16
     assert cfg["input_data"]["system"]["ecutrho"] == pytest.approx(64)
@@ -289,9 +290,6 @@ def test_cutoff_converged_on_energy_differences(tmp_path: Path) -> None:
 
 
 def test_cutoff_differences_need_two_representatives(tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path, DIFFERENCES % 1)
-    structures = build_structures(recipe)
-    pseudos = resolve_pseudopotentials(recipe, tmp_path / "pseudo")
     with pytest.raises(OracleError, match="needs two or more; there is 1"):
-        converged_oracle_cfg(recipe.oracle, pseudos, structures, tmp_path)
+        _converge(tmp_path, DIFFERENCES % 1)
     assert not (tmp_path / CONVERGE_FILE).exists()

@@ -233,6 +233,39 @@ def _calc(
     )
 
 
+def _recorded_calc(
+    cfg: Mapping[str, Any],
+    pseudopotentials: Mapping[str, Path],
+    setting: str,
+    value: float,
+    index: int,
+    atoms: Atoms,
+    workdir: Path,
+    calcs: list[Calculation],
+    grid: tuple[int, int, int] | None = None,
+) -> Calculation:
+    """:func:`_calc` in ``workdir/<setting>-<value>/structure-<index>``, appended to
+    ``calcs``; a failed calculation stops the scan (:class:`OracleError`)."""
+    c = _calc(
+        cfg,
+        pseudopotentials,
+        setting,
+        value,
+        index,
+        atoms,
+        workdir / f"{setting}-{value:g}" / f"structure-{index}",
+    )
+    if grid is not None:
+        c = replace(c, grid=grid)
+    calcs.append(c)
+    if not c.ok:
+        raise OracleError(
+            f"oracle.converge: {setting} {value:g} on representative structure {index} "
+            f"failed: {c.message}"
+        )
+    return c
+
+
 def _differences(a: Calculation, b: Calculation) -> tuple[float, float]:
     """(|ΔE| meV/atom, max |ΔF| meV/Å) between two calculations of one structure."""
     assert a.energy_per_atom is not None and b.energy_per_atom is not None
@@ -275,23 +308,9 @@ def _scan(
             prev = last.get(i)
             if grid is not None and prev is not None and prev.grid == grid:
                 continue  # the same calculation again
-            c = _calc(
-                cfg,
-                pseudopotentials,
-                setting,
-                float(value),
-                i,
-                atoms,
-                workdir / f"{setting}-{value:g}" / f"structure-{i}",
+            c = _recorded_calc(
+                cfg, pseudopotentials, setting, float(value), i, atoms, workdir, calcs, grid
             )
-            if grid is not None:
-                c = replace(c, grid=grid)
-            calcs.append(c)
-            if not c.ok:
-                raise OracleError(
-                    f"oracle.converge: {setting} {value:g} on representative structure {i} "
-                    f"failed: {c.message}"
-                )
             last[i] = c
             if prev is None:
                 continue
@@ -352,22 +371,11 @@ def _scan_cutoff_differences(
         cfg = cfg_for(value)
         now: list[Calculation] = []
         for i, atoms in enumerate(atoms_list):
-            c = _calc(
-                cfg,
-                pseudopotentials,
-                "ecutwfc",
-                float(value),
-                i,
-                atoms,
-                workdir / f"ecutwfc-{value:g}" / f"structure-{i}",
-            )
-            calcs.append(c)
-            if not c.ok:
-                raise OracleError(
-                    f"oracle.converge: ecutwfc {value:g} on representative structure {i} "
-                    f"failed: {c.message}"
+            now.append(
+                _recorded_calc(
+                    cfg, pseudopotentials, "ecutwfc", float(value), i, atoms, workdir, calcs
                 )
-            now.append(c)
+            )
         if prev is not None:
             all_ok = True
             for i, (a, b) in enumerate(zip(prev, now, strict=True)):
