@@ -5,7 +5,7 @@ recorded attempt recomputed, and no process of the killed run alive afterwards.
 The default part labels four 2-atom Si cells with the real pw.x; the `long` part also
 kills during training (real pacemaker) and the report (40-50 s; kills of the loop during
 pacemaker's fit and labelling, and between a fit and its record, are in the default
-suite: tests/explore/test_kill_loop.py, tests/test_pipeline_kill.py).
+suite: tests/explore/test_loop_real.py, tests/test_pipeline_kill.py).
 """
 
 from __future__ import annotations
