@@ -233,37 +233,46 @@ def _calc(
     )
 
 
-def _recorded_calc(
-    cfg: Mapping[str, Any],
-    pseudopotentials: Mapping[str, Path],
-    setting: str,
-    value: float,
-    index: int,
-    atoms: Atoms,
-    workdir: Path,
-    calcs: list[Calculation],
-    grid: tuple[int, int, int] | None = None,
-) -> Calculation:
-    """:func:`_calc` in ``workdir/<setting>-<value>/structure-<index>``, appended to
-    ``calcs``; a failed calculation stops the scan (:class:`OracleError`)."""
-    c = _calc(
-        cfg,
-        pseudopotentials,
-        setting,
-        value,
-        index,
-        atoms,
-        workdir / f"{setting}-{value:g}" / f"structure-{index}",
-    )
-    if grid is not None:
-        c = replace(c, grid=grid)
-    calcs.append(c)
-    if not c.ok:
-        raise OracleError(
-            f"oracle.converge: {setting} {value:g} on representative structure {index} "
-            f"failed: {c.message}"
+@dataclass(frozen=True)
+class _ScanJob:
+    """What a scan works on: the representatives, their pseudopotentials, the folder of the
+    calculations, the tolerances (meV/atom, meV/Å) and the list every calculation joins."""
+
+    atoms_list: Sequence[Atoms]
+    pseudopotentials: Mapping[str, Path]
+    workdir: Path
+    tol_e: float
+    tol_f: float
+    calcs: list[Calculation]
+
+    def run(
+        self,
+        cfg: Mapping[str, Any],
+        setting: str,
+        value: float,
+        index: int,
+        grid: tuple[int, int, int] | None = None,
+    ) -> Calculation:
+        """:func:`_calc` of representative ``index`` in ``<setting>-<value>/structure-<index>``,
+        recorded; a failed calculation stops the scan (:class:`OracleError`)."""
+        c = _calc(
+            cfg,
+            self.pseudopotentials,
+            setting,
+            value,
+            index,
+            self.atoms_list[index],
+            self.workdir / f"{setting}-{value:g}" / f"structure-{index}",
         )
-    return c
+        if grid is not None:
+            c = replace(c, grid=grid)
+        self.calcs.append(c)
+        if not c.ok:
+            raise OracleError(
+                f"oracle.converge: {setting} {value:g} on representative structure {index} "
+                f"failed: {c.message}"
+            )
+        return c
 
 
 def _differences(a: Calculation, b: Calculation) -> tuple[float, float]:
@@ -280,12 +289,7 @@ def _scan(
     setting: str,
     candidates: Sequence[float],
     cfg_for: Any,
-    atoms_list: Sequence[Atoms],
-    pseudopotentials: Mapping[str, Path],
-    workdir: Path,
-    tol_e: float,
-    tol_f: float,
-    calcs: list[Calculation],
+    job: _ScanJob,
 ) -> tuple[float | None, list[dict[str, Any]]]:
     """Walk the candidates (coarse to fine) structure by structure.
 
@@ -301,16 +305,14 @@ def _scan(
     pairs: list[dict[str, Any]] = []
     for value in candidates:
         cfg = cfg_for(value)
-        for i, atoms in enumerate(atoms_list):
+        for i, atoms in enumerate(job.atoms_list):
             if i in done:
                 continue
             grid = kspacing_grid(atoms, float(value)) if setting == "kspacing" else None
             prev = last.get(i)
             if grid is not None and prev is not None and prev.grid == grid:
                 continue  # the same calculation again
-            c = _recorded_calc(
-                cfg, pseudopotentials, setting, float(value), i, atoms, workdir, calcs, grid
-            )
+            c = job.run(cfg, setting, float(value), i, grid)
             last[i] = c
             if prev is None:
                 continue
@@ -323,7 +325,7 @@ def _scan(
                     "(e.g. smearing for a metal) so that every cell converges as given"
                 )
             de, df = _differences(prev, c)
-            ok = de < tol_e and df < tol_f
+            ok = de < job.tol_e and df < job.tol_f
             pairs.append(
                 {
                     "structure": i,
@@ -338,7 +340,7 @@ def _scan(
             if ok:
                 # converged: refining further changes nothing beyond the tolerances
                 done[i] = prev.value
-        if len(done) == len(atoms_list):
+        if len(done) == len(job.atoms_list):
             chosen = min(done.values()) if setting == "kspacing" else max(done.values())
             return chosen, pairs
     return None, pairs
@@ -347,12 +349,7 @@ def _scan(
 def _scan_cutoff_differences(
     candidates: Sequence[float],
     cfg_for: Any,
-    atoms_list: Sequence[Atoms],
-    pseudopotentials: Mapping[str, Path],
-    workdir: Path,
-    tol_e: float,
-    tol_f: float,
-    calcs: list[Calculation],
+    job: _ScanJob,
 ) -> tuple[float | None, list[dict[str, Any]]]:
     """The cutoff scan with ``ecutwfc_criterion: differences``.
 
@@ -370,12 +367,8 @@ def _scan_cutoff_differences(
     for value in candidates:
         cfg = cfg_for(value)
         now: list[Calculation] = []
-        for i, atoms in enumerate(atoms_list):
-            now.append(
-                _recorded_calc(
-                    cfg, pseudopotentials, "ecutwfc", float(value), i, atoms, workdir, calcs
-                )
-            )
+        for i in range(len(job.atoms_list)):
+            now.append(job.run(cfg, "ecutwfc", float(value), i))
         if prev is not None:
             all_ok = True
             for i, (a, b) in enumerate(zip(prev, now, strict=True)):
@@ -385,7 +378,7 @@ def _scan_cutoff_differences(
                 rel_b = b.energy_per_atom - now[0].energy_per_atom
                 de = abs(rel_a - rel_b) * 1000
                 dabs, df = _differences(a, b)
-                ok = de < tol_e and df < tol_f
+                ok = de < job.tol_e and df < job.tol_f
                 all_ok = all_ok and ok
                 pairs.append(
                     {
@@ -488,29 +481,12 @@ def converge_settings(
     for setting, candidates, what, hint in scans:
         if setting == "ecutwfc" and not candidates:
             continue  # the cutoff is converged only when asked
+        job = _ScanJob(atoms_list, pseudopotentials, workdir, tol_e, tol_f, calcs)
+        cfg_for = partial(_with_one, base, setting)
         if setting == "ecutwfc" and by_differences:
-            value, pairs = _scan_cutoff_differences(
-                candidates,
-                partial(_with_one, base, setting),
-                atoms_list,
-                pseudopotentials,
-                workdir,
-                tol_e,
-                tol_f,
-                calcs,
-            )
+            value, pairs = _scan_cutoff_differences(candidates, cfg_for, job)
         else:
-            value, pairs = _scan(
-                setting,
-                candidates,
-                partial(_with_one, base, setting),
-                atoms_list,
-                pseudopotentials,
-                workdir,
-                tol_e,
-                tol_f,
-                calcs,
-            )
+            value, pairs = _scan(setting, candidates, cfg_for, job)
         record[f"{setting}_steps"] = pairs
         if value is None:
             raise OracleError(
