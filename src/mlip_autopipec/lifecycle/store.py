@@ -187,6 +187,22 @@ def _check_database(path: Path) -> None:
         check(path)
 
 
+def _initialise(conn: sqlite3.Connection) -> None:
+    """WAL mode and the version-1 schema (both idempotent; WAL is persistent in the file,
+    so readers such as ``status`` need not set it again)."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(_SCHEMA_V1)
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1')")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _create_database(path: Path) -> None:
     """Make the store at ``path`` whole or not at all.
 
@@ -203,26 +219,18 @@ def _create_database(path: Path) -> None:
     try:
         conn = sqlite3.connect(tmp, isolation_level=None, timeout=30.0)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA_V1)
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1')")
+            _initialise(conn)
             migrations.migrate(conn, tmp, backup=False)
         finally:
             conn.close()  # checkpoints the WAL into the file
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # on disk before it has the name, and the name on disk: a power cut then leaves no
+        # store or a whole one, as synchronous=NORMAL promises for the commits before it
+        _fsync(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
             pass
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync(path.parent)
     finally:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
@@ -265,17 +273,11 @@ class Store:
                 _create_database(path)
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
             if create:
-                # WAL is persistent in the file: readers (status) need not set it again.
-                conn.execute("PRAGMA journal_mode=WAL")
+                _initialise(conn)
             # NORMAL in WAL mode survives a killed process (the OS keeps the pages); only a
             # power cut can lose the last commits, never corrupt the database.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            if create:
-                conn.executescript(_SCHEMA_V1)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1')"
-                )
             migrations.migrate(conn, path, backup=existed)
         except UsageError:
             if conn is not None:
