@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from execution_helpers import fast_parsl_cfg, si_request
+
+from procs import processes
 
 pytest.importorskip("parsl", reason="the cluster extra (parsl) is not installed")
 
@@ -23,18 +24,12 @@ def _leftovers(root: Path) -> list[str]:
     the run directory) and the worker pools (the run directory is in their arguments). Those
     of tests running in parallel in another pytest worker use other folders."""
     where = str(root)
-    alive = []
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "interchange" not in args and "process_worker_pool" not in args:
-                continue
-            files = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if where in args or any(f.startswith(where) for f in files):
-            alive.append(f"{proc.name} {args}")
-    return alive
+    return [
+        f"{p.pid} {p.args}"
+        for p in processes()
+        if ("interchange" in p.args or "process_worker_pool" in p.args)
+        and (where in p.args or any(f.startswith(where) for f in p.open_files()))
+    ]
 
 
 def test_local_provider_runs_real_functions_and_cleans_up(
@@ -85,16 +80,10 @@ def test_exception_inside_the_block_still_stops_parsl(
 def _sleeping_in(folder: Path) -> list[str]:
     """Live ``sleep`` processes whose working directory is ``folder`` (this test's task;
     other tests, possibly running in parallel, sleep elsewhere)."""
-    alive = []
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = (proc / "cwd").resolve()
-        except OSError:
-            continue
-        if args and args[0].endswith(b"sleep") and cwd == folder.resolve():
-            alive.append(b" ".join(args).decode())
-    return alive
+    where = str(folder.resolve())
+    return [
+        p.args for p in processes() if p.args.split(" ", 1)[0].endswith("sleep") and p.cwd == where
+    ]
 
 
 def test_cancelled_future_is_forgotten(tmp_path: Path) -> None:

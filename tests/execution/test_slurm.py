@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from execution_helpers import fast_parsl_cfg, si_request
 
+from procs import processes
+
 pytest.importorskip("parsl", reason="the cluster extra (parsl) is not installed")
 
 from mlip_autopipec import process  # noqa: E402
@@ -67,20 +69,14 @@ def submit_script(parsl_dir: Path) -> str:
 
 def ours_alive(root: Path) -> list[str]:
     """Live pw.x / worker pool processes of this test (cwd or arguments under ``root``)."""
-    alive = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = str((proc / "cwd").resolve())
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        mine = cwd.startswith(str(root)) or str(root) in args
-        if mine and state != "Z" and ("pw.x" in args or "process_worker_pool" in args):
-            alive.append(args)
-    return alive
+    where = str(root)
+    return [
+        p.args
+        for p in processes()
+        if (p.cwd.startswith(where) or where in p.args)
+        and p.state != "Z"
+        and ("pw.x" in p.args or "process_worker_pool" in p.args)
+    ]
 
 
 def assert_nothing_left(root: Path) -> None:

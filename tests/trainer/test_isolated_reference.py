@@ -21,6 +21,7 @@ from mlip_autopipec.lifecycle.store import Store
 from mlip_autopipec.oracle.isolated import RECORD_FILE, REFERENCE_DIR, isolated_atom_cfg
 from mlip_autopipec.trainer import load_calculator
 from mlip_autopipec.trainer.baseline import REF_GIVEN, choose_reference_energies
+from procs import processes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_runner import run_cli  # noqa: E402
@@ -135,16 +136,10 @@ def test_isolated_atom_energies_are_the_references_of_the_yace(tmp_path: Path) -
 
 def _live_pwx(root: Path) -> list[str]:
     """pw.x processes running in a folder under ``root``."""
-    alive = []
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = str((proc / "cwd").resolve())
-        except OSError:
-            continue
-        if "pw.x" in args and cwd.startswith(str(root)):
-            alive.append(f"{args} in {cwd}")
-    return alive
+    where = str(root)
+    return [
+        f"{p.args} in {p.cwd}" for p in processes() if "pw.x" in p.args and p.cwd.startswith(where)
+    ]
 
 
 @pytest.mark.pwx
