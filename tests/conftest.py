@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -32,13 +31,3 @@ def _no_stop_request_leaks_into_the_next_test() -> Iterator[None]:
     from mlip_autopipec import process
 
     process.reset()
-
-
-#: Files that take minutes, run first: ``./bootstrap.sh test`` gives whole files to two
-#: xdist workers in collection order, and a long file picked up last runs alone at the end.
-_FIRST = ("test_quickstart.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Move the tests of :data:`_FIRST` to the front (the order of the rest is kept)."""
-    items.sort(key=lambda item: Path(item.path).name not in _FIRST)

@@ -371,13 +371,12 @@ def _scan_cutoff_differences(
             now.append(job.run(cfg, "ecutwfc", float(value), i))
         if prev is not None:
             all_ok = True
+            ref_a, ref_b = prev[0].energy_per_atom, now[0].energy_per_atom
             for i, (a, b) in enumerate(zip(prev, now, strict=True)):
+                dabs, df = _differences(a, b)  # asserts both energies are there
+                assert ref_a is not None and ref_b is not None
                 assert a.energy_per_atom is not None and b.energy_per_atom is not None
-                assert prev[0].energy_per_atom is not None and now[0].energy_per_atom is not None
-                rel_a = a.energy_per_atom - prev[0].energy_per_atom
-                rel_b = b.energy_per_atom - now[0].energy_per_atom
-                de = abs(rel_a - rel_b) * 1000
-                dabs, df = _differences(a, b)
+                de = abs((a.energy_per_atom - ref_a) - (b.energy_per_atom - ref_b)) * 1000
                 ok = de < job.tol_e and df < job.tol_f
                 all_ok = all_ok and ok
                 pairs.append(
