@@ -168,10 +168,20 @@ def drive_active_learning(ctx: RunContext) -> int:
     :func:`mlip_autopipec.explore.loop.run_loop` (explore -> held-out -> check -> select ->
     label -> train, resumable from its own tables) with this run's label and train stages
     and executor, then the report. Returns the worst status."""
-    from mlip_autopipec.errors import EXIT_FAILED, TrainerError
-    from mlip_autopipec.explore.loop import position, run_loop
+    from dataclasses import replace
 
-    status = drive(ctx, (stages.BUILD, stages.LABEL, stages.TRAIN))
+    from mlip_autopipec.errors import EXIT_FAILED, TrainerError
+    from mlip_autopipec.explore.loop import DONE, loop_recipe, position, run_loop
+
+    # the loop's fits may stop at active_learning.refit_max_epochs (they steer the
+    # exploration); the potential handed over is then fitted once more with the
+    # trainer's own settings. A finished loop's seed stage already fits that way, so a
+    # rerun after the final fit (or a kill during it) never goes back to a capped fit.
+    final_recipe, capped = ctx.recipe, loop_recipe(ctx.recipe)
+    loop_ctx = replace(ctx, recipe=capped)
+    status = drive(ctx, (stages.BUILD, stages.LABEL))
+    seed_ctx = ctx if position(ctx.store)[1] == DONE else loop_ctx
+    status = max(status, run_stage(seed_ctx, stages.TRAIN, stages.train).status)
     if ctx.store.current_potential() is None:
         ctx.say("autopipec: active learning needs a seed potential; the seed fit did not run")
         return max(status, EXIT_FAILED, run_stage(ctx, stages.REPORT, stages.report).status)
@@ -193,7 +203,7 @@ def drive_active_learning(ctx: RunContext) -> int:
         return result.details
 
     try:
-        outcome = run_loop(ctx, label_fn, train_fn)
+        outcome = run_loop(loop_ctx, label_fn, train_fn)
     except TrainerError as exc:
         ctx.say(f"autopipec: the loop stops: the fit of this iteration failed ({exc})")
         status = max(status, EXIT_FAILED)
@@ -202,7 +212,34 @@ def drive_active_learning(ctx: RunContext) -> int:
             f"autopipec: active learning: {outcome.reason} after {outcome.iterations} "
             f"iteration(s), {outcome.pwx_calls} pw.x calls"
         )
+        if capped is not final_recipe:
+            status = max(status, _final_fit(ctx))
     return max(status, run_stage(ctx, stages.REPORT, stages.report).status)
+
+
+def _final_fit(ctx: RunContext) -> int:
+    """After the loop: the fit with the trainer's own settings on the whole training set
+    (when the loop's were capped), scored next to the loop's last potential on every
+    held-out frame. Returns the train stage's status."""
+    from mlip_autopipec.explore.loop import record_final
+
+    limit = int(ctx.recipe.trainer["max_epochs"])
+    ctx.say(
+        "autopipec: the final fit: the loop's fits stopped at active_learning.refit_max_epochs;"
+        f" the potential handed over is fitted with trainer.max_epochs {limit}"
+    )
+    result = run_stage(ctx, stages.TRAIN, stages.train)
+    record = record_final(ctx.store, ctx.run_dir)
+    if record is not None and record.get("heldout_frames"):
+        ctx.say(
+            f"autopipec: final potential {record['potential']} on the run's "
+            f"{record['heldout_frames']} held-out frames: energy "
+            f"{record['final_heldout_rmse_energy_mev_per_atom']:.2f} meV/atom, forces "
+            f"{record['final_heldout_rmse_forces_mev_per_ang']:.1f} meV/Å (the loop's last, "
+            f"{record['loop_potential']}: {record['loop_heldout_rmse_energy_mev_per_atom']:.2f}"
+            f" / {record['loop_heldout_rmse_forces_mev_per_ang']:.1f})"
+        )
+    return result.status
 
 
 def dry_run_recipe(recipe: Recipe, run_dir: Path) -> int:

@@ -1595,7 +1595,12 @@ def _active_learning_html(data: dict[str, Any]) -> str:
             row.append((_e("") if value is None else _num(value, fmt), "num"))
         rows.append(row)
     table = _table([h for _, h, _ in _AL_COLUMNS], rows) if rows else ""
-    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}"
+    final = ""
+    if al.get("final"):
+        from mlip_autopipec.lifecycle.status import final_fit_line
+
+        final = f"<p>{_e(final_fit_line(al['final']))}.</p>"
+    return f"<p><b>Outcome:</b> {_e(outcome)}.</p>{table}{final}"
 
 
 def _selected_frames_html(data: dict[str, Any]) -> str:

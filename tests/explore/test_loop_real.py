@@ -81,8 +81,41 @@ def test_loop_runs_and_stops_by_budget(ci_run: dict[str, Any]) -> None:
             assert state == "trained"
             assert source.startswith(f"md it1 {walker} ") and f"frame {frame} " in source
         pot = store.latest_potential()
-        assert pot is not None and pot["id"] == 2
+        assert pot is not None and pot["id"] == 3
         assert pot["n_train"] + pot["n_test"] == len(store.labelled_atoms())
+
+
+def test_the_loop_hands_over_a_fit_with_the_trainers_own_settings(
+    ci_run: dict[str, Any],
+) -> None:
+    """active_learning.refit_max_epochs 20: the seed fit and the refit stop there; after the
+    loop the whole training set is fitted once more with trainer.max_epochs (60), on the
+    same structures, and scored next to the loop's last potential on every held-out frame."""
+    from mlip_autopipec.explore.loop import loop_summary
+    from mlip_autopipec.lifecycle.status import render_table, status_json
+
+    with Store.open(ci_run["run_dir"], create=False) as store:
+        limits = {
+            pid: store.potential(pid)["settings"]["trainer"]["max_epochs"] for pid in (1, 2, 3)
+        }
+        assert limits == {1: 20, 2: 20, 3: 60}
+        assert store.current_potential()["id"] == 3
+        assert set(store.potential_members(3)) == set(store.potential_members(2))
+        final = loop_summary(store)["final"]
+        heldout = _rows(
+            store.path, "SELECT COUNT(*) FROM al_candidates WHERE heldout_id IS NOT NULL"
+        )[0][0]
+    assert (final["potential"], final["loop_potential"]) == (3, 2)
+    assert final["heldout_frames"] == heldout == 4  # 2 per iteration
+    for name in ("final", "loop"):
+        assert final[f"{name}_heldout_rmse_energy_mev_per_atom"] > 0
+        assert final[f"{name}_heldout_rmse_forces_mev_per_ang"] > 0
+    # a different potential: its errors differ from the loop's last one
+    assert final["final_heldout_rmse_forces_mev_per_ang"] != pytest.approx(
+        final["loop_heldout_rmse_forces_mev_per_ang"], rel=1e-6
+    )
+    text = render_table(status_json(ci_run["run_dir"]))
+    assert "final fit (trainer.max_epochs, after the loop's capped fits): potential 3" in text
 
 
 def test_every_candidate_is_decided_with_a_reason(ci_run: dict[str, Any]) -> None:
@@ -364,6 +397,13 @@ KILL_POINTS: list[tuple[str, Probe]] = [
     ),
     ("refit", lambda c: _stage(c) == (1, "train")),
     ("held-out of iteration 2", lambda c: _stage(c) == (2, "heldout")),
+    (
+        "final fit",
+        lambda c: (
+            _stage(c) == (2, "done")
+            and c.execute("SELECT COUNT(*) FROM potentials").fetchone()[0] == 2
+        ),
+    ),
 ]
 
 
@@ -442,6 +482,7 @@ def test_kill_anywhere_then_resume(ci_run: dict[str, Any], tmp_path: Path) -> No
         seen = now
     assert _run_until(run_dir, None) == 0
     assert len(killed) >= 3, f"only killed at {killed}"
+    assert "final fit" in killed  # pacemaker's start-up alone takes seconds
     for key, wall in seen.items():
         assert _walker_rows(run_dir)[key] == wall
     assert _summary(run_dir) == _summary(ci_run["run_dir"])

@@ -244,13 +244,73 @@ def loop_summary(store: Any) -> dict[str, Any] | None:
         return None
     iteration, stage = position(store)
     outcome = _get(store, "outcome")
+    final = _get(store, "final")
     return {
         "iteration": iteration,
         "stage": stage,
         "outcome": outcome,
         "converged": bool(outcome and outcome.startswith("converged")),
         "iterations": iteration_rows(store),
+        "final": None if final is None else json.loads(final),
     }
+
+
+def loop_recipe(recipe: Any) -> Any:
+    """The recipe the loop's own fits use (the seed fit and every refit): ``trainer.max_epochs``
+    lowered to ``active_learning.refit_max_epochs`` when that is set and lower, else the
+    recipe itself (then the loop's last fit is the final one)."""
+    from dataclasses import replace
+
+    cap = (recipe.data.get("active_learning") or {}).get("refit_max_epochs")
+    trainer = recipe.trainer
+    if cap is None or int(cap) >= int(trainer["max_epochs"]):
+        return recipe
+    return replace(recipe, data={**recipe.data, "trainer": {**trainer, "max_epochs": int(cap)}})
+
+
+def loop_potential(store: Any) -> int | None:
+    """The loop's last potential: the one the last iteration explored with (the loop stops
+    in an iteration's check stage, before it refits); None before the loop started."""
+    ensure_tables(store)
+    row = (
+        _conn(store)
+        .execute("SELECT parent_potential FROM al_iterations ORDER BY iteration DESC LIMIT 1")
+        .fetchone()
+    )
+    return None if row is None else int(row[0])
+
+
+def record_final(store: Any, run_dir: Path) -> dict[str, Any] | None:
+    """Score the final potential (the store's current one, fitted after the loop ended)
+    and the loop's last potential on every held-out frame of the run, and record both in
+    ``al_state.final`` (``loop_summary``'s ``final``). None (nothing recorded) when the
+    current potential is the loop's own or no held-out frame is labelled."""
+    from mlip_autopipec.lifecycle.store import Store
+
+    current = store.current_potential()
+    last = loop_potential(store)
+    if current is None or last is None or int(current["id"]) == last:
+        return None
+    ids = {
+        int(r[0])
+        for r in _conn(store).execute(
+            "SELECT heldout_id FROM al_candidates WHERE heldout_id IS NOT NULL"
+        )
+    }
+    record: dict[str, Any] = {"potential": int(current["id"]), "loop_potential": last}
+    held = run_dir / HELDOUT_DIR
+    if ids and (held / "autopipec.sqlite").is_file():
+        with Store.open(held, create=False) as hstore:
+            for name, pid in (("final", int(current["id"])), ("loop", last)):
+                errors = heldout_errors(hstore, ids, fit_dir_of(store, run_dir, pid))
+                record["heldout_frames"] = errors.get("n", 0)
+                record[f"{name}_heldout_rmse_energy_mev_per_atom"] = errors.get(
+                    "energy_mev_per_atom"
+                )
+                record[f"{name}_heldout_rmse_forces_mev_per_ang"] = errors.get("forces_mev_per_ang")
+    with _tx(store) as tx:
+        _set(tx, final=json.dumps(record, sort_keys=True))
+    return record
 
 
 def frame_states(store: Any, iteration: int) -> dict[str, int]:

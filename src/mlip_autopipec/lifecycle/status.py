@@ -254,4 +254,26 @@ def render_table(
     if al is not None:
         state = al["outcome"] or f"running (stage {al['stage']})"
         lines.append(f"active learning: iteration {al['iteration']}: {state}")
+        final = al.get("final")
+        if final:
+            lines.append("  " + final_fit_line(final))
     return "\n".join(lines)
+
+
+def final_fit_line(final: dict[str, Any]) -> str:
+    """One line on the fit after the loop (``loop_summary``'s ``final``), for status and the
+    report: which potential, and both potentials' errors on the run's held-out frames."""
+    text = (
+        f"final fit (trainer.max_epochs, after the loop's capped fits): potential "
+        f"{final['potential']}, the loop's last was {final['loop_potential']}"
+    )
+    n = final.get("heldout_frames")
+    if not n:
+        return text
+    return (
+        f"{text}; RMSE on the run's {n} held-out frames: final "
+        f"{final['final_heldout_rmse_energy_mev_per_atom']:.2f} meV/atom, "
+        f"{final['final_heldout_rmse_forces_mev_per_ang']:.1f} meV/Å; loop's last "
+        f"{final['loop_heldout_rmse_energy_mev_per_atom']:.2f} meV/atom, "
+        f"{final['loop_heldout_rmse_forces_mev_per_ang']:.1f} meV/Å"
+    )
