@@ -196,3 +196,37 @@ def test_a_record_of_before_the_box_check_is_reused(
     assert ran == [7.0]  # the 6 Å atom of the old record is not labelled again
     assert again["Si"]["labels"][0]["energy"] == small["energy"]
     assert again["Si"]["energy"] == pytest.approx(records["Si"]["energy"], abs=1e-6)
+
+
+@pytest.mark.pwx
+@pytest.mark.slow
+@needs_pwx
+def test_a_fixed_occupation_atom_is_rescued_within_its_theory(tmp_path: Path) -> None:
+    """Si with fixed occupations and a short attempt budget (electron_maxstep 12): in the 9 Å
+    box its occupations flip between near-degenerate p orbitals and the SCF fails. The labels'
+    ladder would add smearing at the second attempt (a reference of another theory, refused);
+    the atom's ladder skips those steps and converges with the ones that keep the theory."""
+    from mlip_autopipec.oracle.ladder import DEFAULT_LADDERS, theory_preserving
+
+    cfg = oracle_cfg(system={"ecutwfc": 15}, electrons={"conv_thr": 1e-9, "electron_maxstep": 12})
+    boxes = {"first": 8.0, "step": 1.0, "largest": 9.0, "tolerance_mev": 500.0}
+    with local_executor(2) as executor:
+        run = isolated_atoms_on(executor, Caught())
+        record = isolated_atom_references(["Si"], THEORY, cfg, PSEUDOS, tmp_path, boxes, run)
+    hard = record["Si"]["labels"][1]
+    assert hard["box"] == 9.0 and hard["attempts"] > 2
+    pwis = sorted((tmp_path / hard["workdir"]).glob("attempt-*/espresso.pwi"))
+    assert len(pwis) == hard["attempts"]
+    for pwi in pwis:
+        text = pwi.read_text()
+        assert "occupations      = 'fixed'" in text and "smearing" not in text, pwi
+    first = (tmp_path / hard["workdir"] / "attempt-01" / "espresso.pwo").read_text()
+    assert "convergence NOT achieved after  12 iterations" in first
+    assert hard["theory_key"] == record["Si"]["labels"][0]["theory_key"]
+    assert hard["theory_key"].endswith("fixed nspin=2 +tot_magnetization")
+    assert hard["settings"]["occupations"] == "fixed"
+    # what was left out: exactly the steps marked as changing the theory
+    kept = theory_preserving(DEFAULT_LADDERS)
+    for cls, steps in DEFAULT_LADDERS.items():
+        assert len(kept[cls]) == sum(1 for s in steps if not s.get("changes_theory"))
+        assert not any(s.get("changes_theory") for s in kept[cls])

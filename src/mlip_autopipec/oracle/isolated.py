@@ -28,8 +28,17 @@ The physics choices, recorded with each reference (``RUN_DIR/reference/isolated_
   are recorded (``box_convergence``), also in ``potential.json``.
 - **Where**: each pw.x attempt is a task of the run's executor (:func:`run_isolated_attempt`;
   on Parsl/Slurm in the pilot job, not on the login node), recorded as its ``execution``.
-- The retry ladder may rescue an atom; a rescue that changes the theory is refused (the
-  reference would not match the labels): the fit stops with a message.
+- **Retries keep the theory**: the atom's retry ladder is the labels' without the steps
+  that change the level of theory (smearing, degauss, denser k-points;
+  :func:`~mlip_autopipec.oracle.ladder.theory_preserving`): mixing, restarts from the
+  saved density and the eigensolver remain. Such a rescue would be no reference for the
+  labels, so it is not tried. Measured: Si (pz-vbc, 15 Ry, fixed occupations, 2 μB) with
+  ``electron_maxstep`` 12 converges in the 8 Å box at once, but in the 9 Å box its
+  occupations flip between the near-degenerate p orbitals; the full ladder went to smearing
+  at the second attempt (then refused: the fit stopped), the theory-keeping one converges
+  at the fifth (local-TF mixing, then cg from the saved density). An atom that no step
+  converges (or a recipe ladder step that still changes the theory) stops the fit with a
+  message.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from mlip_autopipec.errors import TrainerError
 from mlip_autopipec.fsutil import atomic_write_json
 from mlip_autopipec.oracle.attempt import AttemptRequest, AttemptResult, run_attempt
 from mlip_autopipec.oracle.espresso import EspressoOracle
+from mlip_autopipec.oracle.ladder import theory_preserving
 from mlip_autopipec.oracle.theory import theory_settings
 
 #: Where the isolated-atom labels live in a run directory.
@@ -192,6 +202,10 @@ def label_isolated_atoms(
     from mlip_autopipec.execution.tasks import EXECUTION_JSON
 
     oracles = [EspressoOracle(dict(cfg), {el: Path(pp)}) for cfg, el, pp, _, _ in jobs]
+    for oracle in oracles:
+        # a rescue that changes the theory gives no reference for the labels: skip those
+        # steps, so the ladder goes on with the ones that keep it
+        oracle.ladders = theory_preserving(oracle.ladders)
     atoms = [atom_in_box(el, box) for _, el, _, box, _ in jobs]
     histories: list[list[AttemptResult]] = []
     for oracle, one in zip(oracles, atoms, strict=True):

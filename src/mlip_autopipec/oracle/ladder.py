@@ -513,6 +513,18 @@ def apply_step(
     return out
 
 
+def theory_preserving(
+    ladders: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """``ladders`` without the steps marked ``changes_theory`` (smearing, degauss, denser
+    k-points): for a calculation whose level of theory is fixed by others' (an isolated
+    atom's reference for the labels), where such a rescue could only be refused."""
+    return {
+        cls: [dict(step) for step in steps if not step.get("changes_theory")]
+        for cls, steps in ladders.items()
+    }
+
+
 def validate_ladders(ladders: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
     """Every problem with a ladder definition (empty when usable)."""
     problems: list[str] = []
