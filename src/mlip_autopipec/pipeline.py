@@ -171,16 +171,17 @@ def drive_active_learning(ctx: RunContext) -> int:
     from dataclasses import replace
 
     from mlip_autopipec.errors import EXIT_FAILED, TrainerError
-    from mlip_autopipec.explore.loop import DONE, loop_recipe, position, run_loop
+    from mlip_autopipec.explore.loop import DONE, final_recipe, loop_recipe, position, run_loop
 
     # the loop's fits may stop at active_learning.refit_max_epochs (they steer the
     # exploration); the potential handed over is then fitted once more with the
     # trainer's own settings. A finished loop's seed stage already fits that way, so a
     # rerun after the final fit (or a kill during it) never goes back to a capped fit.
-    final_recipe, capped = ctx.recipe, loop_recipe(ctx.recipe)
-    loop_ctx = replace(ctx, recipe=capped)
+    capped = loop_recipe(ctx.recipe)
+    loop_ctx = replace(ctx, recipe=capped, capped_fit=capped is not ctx.recipe)
+    final_ctx = replace(ctx, recipe=final_recipe(ctx.recipe))
     status = drive(ctx, (stages.BUILD, stages.LABEL))
-    seed_ctx = ctx if position(ctx.store)[1] == DONE else loop_ctx
+    seed_ctx = final_ctx if position(ctx.store)[1] == DONE else loop_ctx
     status = max(status, run_stage(seed_ctx, stages.TRAIN, stages.train).status)
     if ctx.store.current_potential() is None:
         ctx.say("autopipec: active learning needs a seed potential; the seed fit did not run")
@@ -189,8 +190,8 @@ def drive_active_learning(ctx: RunContext) -> int:
     def sub(recipe: Any, store: Any, run_dir: Path) -> RunContext:
         # the held-out frames are labelled in their own store: same executor, same recipe
         it = position(ctx.store)[0]
-        return RunContext(
-            recipe, store, Path(run_dir), ctx.executor, ctx.pseudos, ctx.workers, ctx.say, it
+        return replace(
+            loop_ctx, recipe=recipe, store=store, run_dir=Path(run_dir), iteration=it, prune=False
         )
 
     def label_fn(recipe: Any, store: Any, run_dir: Path, pseudos: Any, workers: Any) -> Any:
@@ -212,8 +213,8 @@ def drive_active_learning(ctx: RunContext) -> int:
             f"autopipec: active learning: {outcome.reason} after {outcome.iterations} "
             f"iteration(s), {outcome.pwx_calls} pw.x calls"
         )
-        if capped is not final_recipe:
-            status = max(status, _final_fit(ctx))
+        if capped is not ctx.recipe:
+            status = max(status, _final_fit(final_ctx))
     return max(status, run_stage(ctx, stages.REPORT, stages.report).status)
 
 
@@ -226,7 +227,8 @@ def _final_fit(ctx: RunContext) -> int:
     limit = int(ctx.recipe.trainer["max_epochs"])
     ctx.say(
         "autopipec: the final fit: the loop's fits stopped at active_learning.refit_max_epochs;"
-        f" the potential handed over is fitted with trainer.max_epochs {limit}"
+        f" the potential handed over continues the loop's last fit up to trainer.max_epochs "
+        f"{limit}"
     )
     result = run_stage(ctx, stages.TRAIN, stages.train)
     record = record_final(ctx.store, ctx.run_dir)

@@ -55,6 +55,9 @@ class RunContext:
     iteration: int = 0
     #: ``run --prune``: leave structures no longer in the recipe out (lifecycle/prune.py)
     prune: bool = False
+    #: a fit inside the active-learning loop, capped by ``active_learning.refit_max_epochs``
+    #: (explore.loop.loop_recipe): its stop at the cap is by design, and the run output says so
+    capped_fit: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,15 @@ def train(ctx: RunContext) -> StageResult:
     from mlip_autopipec.oracle.relabel import mark_relabels_fitted
 
     mark_relabels_fitted(ctx.run_dir, pid)
-    for note in fit.warnings:  # notes + "did not converge"
+    notes = fit.warnings  # notes + "did not converge"
+    if ctx.capped_fit and not fit.converged:
+        notes = (
+            *fit.notes,
+            f"the loop's fit stopped at active_learning.refit_max_epochs ({fit.iterations} "
+            "iterations, not converged) as set: it steers the exploration; the potential "
+            "handed over is fitted with trainer.max_epochs after the loop",
+        )
+    for note in notes:
         ctx.say(f"autopipec: note: {note}")
     e, f = fit.rmse_energy_mev_per_atom, fit.rmse_forces_mev_per_ang
     ctx.say(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,5 +23,23 @@ def ci_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from mlip_autopipec.pipeline import run
 
     run_dir = tmp_path_factory.mktemp("al-ci") / "run"
-    code = run(CI_RECIPE, run_dir=run_dir, workers=2)
-    return {"run_dir": run_dir, "code": code}
+    said = io.StringIO()
+    with contextlib.redirect_stderr(Tee(said, sys.stderr)):
+        code = run(CI_RECIPE, run_dir=run_dir, workers=2)
+    return {"run_dir": run_dir, "code": code, "output": said.getvalue()}
+
+
+class Tee(io.TextIOBase):
+    """Writes to both streams (the run's messages are kept and still shown)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()

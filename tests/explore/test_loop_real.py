@@ -89,8 +89,8 @@ def test_the_loop_hands_over_a_fit_with_the_trainers_own_settings(
     ci_run: dict[str, Any],
 ) -> None:
     """active_learning.refit_max_epochs 20: the seed fit and the refit stop there; after the
-    loop the whole training set is fitted once more with trainer.max_epochs (60), on the
-    same structures, and scored next to the loop's last potential on every held-out frame."""
+    loop the whole training set is fitted once more with trainer.max_epochs (60), continuing
+    the loop's last fit, and scored next to the loop's last potential on every held-out frame."""
     from mlip_autopipec.explore.loop import loop_summary
     from mlip_autopipec.lifecycle.status import render_table, status_json
 
@@ -106,6 +106,9 @@ def test_the_loop_hands_over_a_fit_with_the_trainers_own_settings(
             store.path, "SELECT COUNT(*) FROM al_candidates WHERE heldout_id IS NOT NULL"
         )[0][0]
     assert (final["potential"], final["loop_potential"]) == (3, 2)
+    # it continues the loop's last fit (only the stopping rule differs), on the same data
+    inputs = json.loads((ci_run["run_dir"] / "trainer" / "fit-003" / "fit_inputs.json").read_text())
+    assert Path(inputs["continued_from"]).parent.name == "fit-002"
     assert final["heldout_frames"] == heldout == 4  # 2 per iteration
     for name in ("final", "loop"):
         assert final[f"{name}_heldout_rmse_energy_mev_per_atom"] > 0
@@ -116,6 +119,18 @@ def test_the_loop_hands_over_a_fit_with_the_trainers_own_settings(
     )
     text = render_table(status_json(ci_run["run_dir"]))
     assert "final fit (trainer.max_epochs, after the loop's capped fits): potential 3" in text
+    # the run output: the capped fits say they stop by design, the final one what it scored
+    said = ci_run["output"]
+    capped = [
+        json.loads((ci_run["run_dir"] / "trainer" / f"fit-00{n}" / "potential.json").read_text())
+        for n in (1, 2)
+    ]
+    assert all(fit["iterations"] <= 20 for fit in capped)
+    stopped = sum(1 for fit in capped if not fit["converged"])
+    assert stopped >= 1  # 20 iterations of BFGS do not converge these fits
+    assert said.count("the loop's fit stopped at active_learning.refit_max_epochs") == stopped
+    assert "raise trainer.max_epochs" not in said.split("autopipec: the final fit:")[0]
+    assert f"final potential 3 on the run's {heldout} held-out frames: energy " in said
 
 
 def test_every_candidate_is_decided_with_a_reason(ci_run: dict[str, Any]) -> None:
@@ -370,7 +385,7 @@ def test_loop_structures_never_count_as_removed_from_the_recipe(
 
 # -- killed anywhere, then resumed --------------------------------------------------
 
-Probe = Callable[[sqlite3.Connection], bool]
+Probe = Callable[[sqlite3.Connection, Path], bool]
 
 
 def _stage(conn: sqlite3.Connection) -> tuple[int, str]:
@@ -384,26 +399,28 @@ def _walkers(conn: sqlite3.Connection, iteration: int) -> int:
     return int(conn.execute(sql, (iteration,)).fetchone()[0])
 
 
+def _fitting(conn: sqlite3.Connection, run_dir: Path, potentials: int) -> bool:
+    """A fit is running: ``potentials`` recorded and the next fit folder made."""
+    (n,) = conn.execute("SELECT COUNT(*) FROM potentials").fetchone()
+    return int(n) == potentials and (run_dir / "trainer" / f"fit-{potentials + 1:03d}").is_dir()
+
+
 KILL_POINTS: list[tuple[str, Probe]] = [
-    ("mid-explore", lambda c: _stage(c) == (1, "explore") and _walkers(c, 1) >= 1),
-    ("after select", lambda c: _stage(c) == (1, "label")),
+    ("mid-explore", lambda c, _: _stage(c) == (1, "explore") and _walkers(c, 1) >= 1),
+    ("after select", lambda c, _: _stage(c) == (1, "label")),
     (
         "pw.x running",
-        lambda c: (
+        lambda c, _: (
             _stage(c) == (1, "label")
             and c.execute("SELECT COUNT(*) FROM structures WHERE state = 'running'").fetchone()[0]
             > 0
         ),
     ),
-    ("refit", lambda c: _stage(c) == (1, "train")),
-    ("held-out of iteration 2", lambda c: _stage(c) == (2, "heldout")),
-    (
-        "final fit",
-        lambda c: (
-            _stage(c) == (2, "done")
-            and c.execute("SELECT COUNT(*) FROM potentials").fetchone()[0] == 2
-        ),
-    ),
+    # after a kill while labelling, the rerun's seed stages label and refit before the
+    # loop's own label and train stages: the refit is the second fit wherever it runs
+    ("refit", lambda c, d: _stage(c)[0] == 1 and _fitting(c, d, 1)),
+    ("held-out of iteration 2", lambda c, _: _stage(c) == (2, "heldout")),
+    ("final fit", lambda c, d: _stage(c) == (2, "done") and _fitting(c, d, 2)),
 ]
 
 
@@ -427,7 +444,7 @@ def _run_until(run_dir: Path, probe: Probe | None, timeout: float = 600) -> int 
             if probe is not None and (run_dir / DB_NAME).is_file():
                 try:
                     with sqlite3.connect(run_dir / DB_NAME, timeout=5) as conn:
-                        hit = probe(conn)
+                        hit = probe(conn, run_dir)
                 except sqlite3.OperationalError:  # tables not created yet
                     hit = False
                 if hit:
@@ -481,8 +498,9 @@ def test_kill_anywhere_then_resume(ci_run: dict[str, Any], tmp_path: Path) -> No
             assert now.get(key) == wall, f"walker {key} was redone after the kill at {name}"
         seen = now
     assert _run_until(run_dir, None) == 0
-    assert len(killed) >= 3, f"only killed at {killed}"
-    assert "final fit" in killed  # pacemaker's start-up alone takes seconds
+    assert len(killed) >= 4, f"only killed at {killed}"
+    # pacemaker's start-up alone takes seconds: the fits are always hit
+    assert {"refit", "final fit"} <= set(killed), killed
     for key, wall in seen.items():
         assert _walker_rows(run_dir)[key] == wall
     assert _summary(run_dir) == _summary(ci_run["run_dir"])

@@ -211,13 +211,14 @@ def test_refit_continues_from_the_previous_potential(fitted_run, si_dataset, tmp
     from mlip_autopipec.trainer.config import settings_fingerprint
 
     _, first = fitted_run
-    cfg = {**SMALL_FIT, "max_epochs": 5}
-    # max_epochs is part of the fingerprint: the same settings as the first fit continue
-    same = {**SMALL_FIT}
-    assert settings_fingerprint(same) == first.settings_fingerprint
+    # max_epochs is part of the fingerprint (a changed ceiling refits), but only says when
+    # the optimiser stops: a fit with another max_epochs may continue from this one
+    shorter = {**SMALL_FIT, "max_epochs": 5}
+    assert settings_fingerprint(SMALL_FIT) == first.settings_fingerprint
+    assert settings_fingerprint(shorter) != first.settings_fingerprint
     cont = fit_potential(
         si_dataset,
-        same | {"max_epochs": SMALL_FIT["max_epochs"], "refit": "continue"},
+        shorter | {"refit": "continue"},
         tmp_path / "cont",
         initial_potential=first.workdir,
     )
@@ -227,7 +228,8 @@ def test_refit_continues_from_the_previous_potential(fitted_run, si_dataset, tmp
     # it starts where the first fit ended, far below a fresh start
     assert cont.loss_history[0] < 0.5 * first.loss_history[0]
     assert cont.loss_history[0] == pytest.approx(first.loss_history[-1], rel=0.3)
-    # other settings: a fresh fit, and a note says why
+    # other settings (the loss): a fresh fit, and a note says why
+    cfg = {**shorter, "kappa": 0.5 * float(SMALL_FIT.get("kappa", 0.3))}
     fresh = fit_potential(
         si_dataset, cfg | {"refit": "continue"}, tmp_path / "fresh", initial_potential=first.workdir
     )

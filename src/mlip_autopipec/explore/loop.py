@@ -268,6 +268,19 @@ def loop_recipe(recipe: Any) -> Any:
     return replace(recipe, data={**recipe.data, "trainer": {**trainer, "max_epochs": int(cap)}})
 
 
+def final_recipe(recipe: Any) -> Any:
+    """The recipe of the fit after the loop: the trainer's own settings, continued from the
+    loop's last potential (``trainer.refit: continue``; the continuation ignores the changed
+    stopping rule and falls back to a fresh fit, with a note, when anything else differs).
+    The recipe itself when the loop's fits were not capped (:func:`loop_recipe`)."""
+    from dataclasses import replace
+
+    if loop_recipe(recipe) is recipe:
+        return recipe
+    trainer = {**recipe.trainer, "refit": "continue"}
+    return replace(recipe, data={**recipe.data, "trainer": trainer})
+
+
 def loop_potential(store: Any) -> int | None:
     """The loop's last potential: the one the last iteration explored with (the loop stops
     in an iteration's check stage, before it refits); None before the loop started."""

@@ -99,6 +99,22 @@ def physics_settings(trainer_cfg: dict[str, Any] | None) -> dict[str, Any]:
     return {"fit_scheme": FIT_SCHEME, **cfg}
 
 
+#: When the optimiser stops: a fit may continue from a potential that differs only here
+#: (e.g. the final fit after active learning's capped fits, ``trainer.refit: continue``).
+_STOPPING = ("max_epochs", "min_loss_change", "loss_patience")
+
+
+def continuation_fingerprint(trainer_cfg: dict[str, Any] | None) -> str:
+    """:func:`settings_fingerprint` without the optimiser's stopping rule (``max_epochs``,
+    ``min_loss_change``, ``loss_patience``): equal for two fits of the same basis, loss and
+    data preparation, so one may start from the other's coefficients."""
+    cfg = physics_settings(trainer_cfg)
+    for key in _STOPPING:
+        cfg.pop(key, None)
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def settings_fingerprint(trainer_cfg: dict[str, Any] | None) -> str:
     """A short hash of every trainer setting that changes the fit, the baseline included.
 

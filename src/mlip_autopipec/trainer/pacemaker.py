@@ -40,7 +40,11 @@ from mlip_autopipec.trainer.baseline import (
     baseline_labels,
     choose_reference_energies,
 )
-from mlip_autopipec.trainer.config import settings_fingerprint, with_defaults
+from mlip_autopipec.trainer.config import (
+    continuation_fingerprint,
+    settings_fingerprint,
+    with_defaults,
+)
 from mlip_autopipec.trainer.dataset import (
     build_dataframe,
     dft_labels,
@@ -254,13 +258,20 @@ def _initial_potential(
         )
     record_path = yaml.parent / POTENTIAL_JSON
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
-    if record is not None and record.get("settings_fingerprint") != fingerprint:
+    # settings that only say when the optimiser stops do not prevent a continuation
+    was = None
+    if record is not None and isinstance(record.get("settings"), dict):
+        try:
+            was = continuation_fingerprint(record["settings"])
+        except TrainerError:  # settings of another version that no longer validate
+            was = None
+    if record is not None and was != fingerprint:
         return (
             None,
             None,
             (
                 f"refit from scratch: the trainer settings changed since {yaml} "
-                f"(fingerprint {record.get('settings_fingerprint') or 'none'} -> {fingerprint})"
+                f"(fingerprint {was or 'none'} -> {fingerprint})"
             ),
         )
     return yaml, record, None
@@ -325,7 +336,7 @@ class PacemakerTrainer:
         fingerprint = settings_fingerprint(cfg)
         notes: list[str] = []
         start_from, previous, note = (
-            _initial_potential(initial_potential, elements, fingerprint)
+            _initial_potential(initial_potential, elements, continuation_fingerprint(cfg))
             if cfg["refit"] == "continue"
             else (None, None, None)
         )

@@ -77,8 +77,9 @@ class FitResult:
         if self.converged:
             return None
         limit = self.settings.get("max_epochs", "?")
+        verdict = (self.status_message or "no optimiser verdict").rstrip(". ")
         return (
-            f"the fit did not converge: {self.status_message or 'no optimiser verdict'} after "
+            f"the fit did not converge: {verdict} after "
             f"{self.iterations} iterations (trainer.max_epochs {limit}); the potential is kept "
             "but may be under-fitted: raise trainer.max_epochs"
         )
