@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ase.calculators.lj import LennardJones
@@ -199,42 +200,55 @@ def test_pacemaker_dry_run_accepts_generated_input(tmp_path: Path, over):
         assert block.inner_cutoff_type == "distance"
 
 
-def _previous_fit(folder: Path, species: str, fingerprint: str, basis: int) -> Path:
-    """A previous fit folder as the trainer leaves it (only what write_inputs reads)."""
+def _previous_fit(
+    folder: Path, species: str, settings: dict[str, Any], basis: int, with_settings: bool
+) -> Path:
+    """A previous fit folder as the trainer leaves it (only what write_inputs reads); its
+    record without ``settings`` as written before they were recorded."""
+    from mlip_autopipec.trainer.config import settings_fingerprint, with_defaults
+
     folder.mkdir()
     (folder / "output_potential.yaml").write_text(f"species:\n  - speciesblock: {species}\n")
-    (folder / "potential.json").write_text(
-        json.dumps(
-            {
-                "settings_fingerprint": fingerprint,
-                "basis_size": basis,
-                "baseline": {"reference_energies": {"Si": -1.5}, "reference_method": "x"},
-            }
-        )
-    )
+    record = {
+        "settings_fingerprint": settings_fingerprint(settings),
+        "basis_size": basis,
+        "baseline": {"reference_energies": {"Si": -1.5}, "reference_method": "x"},
+    }
+    if with_settings:
+        record["settings"] = with_defaults(settings)
+    (folder / "potential.json").write_text(json.dumps(record))
     return folder
 
 
+@pytest.mark.parametrize("with_settings", [True, False])
 @pytest.mark.parametrize(
-    ("refit", "species", "same_settings", "continued", "note"),
+    ("refit", "species", "before", "continued", "note"),
     [
-        ("continue", "Si", True, True, None),
-        ("fresh", "Si", True, False, None),
-        ("continue", "C", True, False, "is for ['C']"),
-        ("continue", "Si", False, False, "settings changed"),
-        ("continue", "Si", True, False, "basis grows from 4 to 7"),
+        ("continue", "Si", {}, True, None),
+        ("fresh", "Si", {}, False, None),
+        ("continue", "C", {}, False, "is for ['C']"),
+        ("continue", "Si", {"kappa": 0.9}, False, "settings changed"),
+        ("continue", "Si", {}, False, "basis grows from 4 to 7"),
+        # only the stopping rule differs: continued when the record says so
+        ("continue", "Si", {"max_epochs": 6, "min_loss_change": 1e-3}, True, None),
     ],
 )
 def test_write_inputs_continues_only_from_a_matching_potential(
-    tmp_path: Path, refit, species, same_settings, continued, note
+    tmp_path: Path, refit, species, before, continued, note, with_settings
 ):
     from mlip_autopipec.trainer.config import settings_fingerprint
     from mlip_autopipec.trainer.pacemaker import PacemakerTrainer
 
     cfg = {"refit": refit, "max_epochs": 5, "max_basis_size": 7}
-    fingerprint = settings_fingerprint(cfg if same_settings else {**cfg, "max_epochs": 6})
+    if before and not with_settings:
+        # a record without settings has only the whole fingerprint to compare
+        continued, note = False, "settings changed"
     previous = _previous_fit(
-        tmp_path / "fit-001", species, fingerprint, 4 if note and "grows" in note else 7
+        tmp_path / "fit-001",
+        species,
+        {**cfg, **before},
+        4 if note and "grows" in note else 7,
+        with_settings,
     )
     workdir = tmp_path / "fit-002"
     PacemakerTrainer().write_inputs(_lj_labelled(5), cfg, workdir, initial_potential=previous)

@@ -233,13 +233,16 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _initial_potential(
-    given: Path | None, elements: Sequence[str], fingerprint: str
+    given: Path | None, elements: Sequence[str], settings: Mapping[str, Any]
 ) -> tuple[Path | None, dict[str, Any] | None, str | None]:
     """The previous B-basis YAML to continue from, its potential.json record, and a note.
 
     ``given`` is a fit folder or a ``.yaml``. A potential for other elements, or one whose
-    record has another settings fingerprint, is not continued from (a note says why).
+    record has other ``settings`` than these (the stopping rule aside:
+    :func:`~mlip_autopipec.trainer.config.continuation_fingerprint`), is not continued from
+    (a note says why).
     """
+    fingerprint = continuation_fingerprint(dict(settings))
     if given is None:
         return None, None, None
     given = Path(given)
@@ -259,19 +262,21 @@ def _initial_potential(
     record_path = yaml.parent / POTENTIAL_JSON
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
     # settings that only say when the optimiser stops do not prevent a continuation
-    was = None
+    was, now = None, fingerprint
     if record is not None and isinstance(record.get("settings"), dict):
         try:
             was = continuation_fingerprint(record["settings"])
         except TrainerError:  # settings of another version that no longer validate
             was = None
-    if record is not None and was != fingerprint:
+    elif record is not None:  # a record without its settings: the whole fingerprint
+        was, now = record.get("settings_fingerprint"), settings_fingerprint(dict(settings))
+    if record is not None and was != now:
         return (
             None,
             None,
             (
                 f"refit from scratch: the trainer settings changed since {yaml} "
-                f"(fingerprint {was or 'none'} -> {fingerprint})"
+                f"(fingerprint {was or 'none'} -> {now})"
             ),
         )
     return yaml, record, None
@@ -336,7 +341,7 @@ class PacemakerTrainer:
         fingerprint = settings_fingerprint(cfg)
         notes: list[str] = []
         start_from, previous, note = (
-            _initial_potential(initial_potential, elements, continuation_fingerprint(cfg))
+            _initial_potential(initial_potential, elements, cfg)
             if cfg["refit"] == "continue"
             else (None, None, None)
         )
