@@ -259,13 +259,10 @@ def loop_recipe(recipe: Any) -> Any:
     """The recipe the loop's own fits use (the seed fit and every refit): ``trainer.max_epochs``
     lowered to ``active_learning.refit_max_epochs`` when that is set and lower, else the
     recipe itself (then the loop's last fit is the final one)."""
-    from dataclasses import replace
-
     cap = (recipe.data.get("active_learning") or {}).get("refit_max_epochs")
-    trainer = recipe.trainer
-    if cap is None or int(cap) >= int(trainer["max_epochs"]):
+    if cap is None or int(cap) >= int(recipe.trainer["max_epochs"]):
         return recipe
-    return replace(recipe, data={**recipe.data, "trainer": {**trainer, "max_epochs": int(cap)}})
+    return _with_trainer(recipe, max_epochs=int(cap))
 
 
 def final_recipe(recipe: Any) -> Any:
@@ -273,12 +270,16 @@ def final_recipe(recipe: Any) -> Any:
     loop's last potential (``trainer.refit: continue``; the continuation ignores the changed
     stopping rule and falls back to a fresh fit, with a note, when anything else differs).
     The recipe itself when the loop's fits were not capped (:func:`loop_recipe`)."""
-    from dataclasses import replace
-
     if loop_recipe(recipe) is recipe:
         return recipe
-    trainer = {**recipe.trainer, "refit": "continue"}
-    return replace(recipe, data={**recipe.data, "trainer": trainer})
+    return _with_trainer(recipe, refit="continue")
+
+
+def _with_trainer(recipe: Any, **changes: Any) -> Any:
+    """A copy of ``recipe`` whose ``trainer`` section has ``changes``."""
+    from dataclasses import replace
+
+    return replace(recipe, data={**recipe.data, "trainer": {**recipe.trainer, **changes}})
 
 
 def loop_potential(store: Any) -> int | None:
@@ -316,11 +317,11 @@ def record_final(store: Any, run_dir: Path) -> dict[str, Any] | None:
         with Store.open(held, create=False) as hstore:
             for name, pid in (("final", int(current["id"])), ("loop", last)):
                 errors = heldout_errors(hstore, ids, fit_dir_of(store, run_dir, pid))
-                record["heldout_frames"] = errors.get("n", 0)
                 record[f"{name}_heldout_rmse_energy_mev_per_atom"] = errors.get(
                     "energy_mev_per_atom"
                 )
                 record[f"{name}_heldout_rmse_forces_mev_per_ang"] = errors.get("forces_mev_per_ang")
+            record["heldout_frames"] = errors.get("n", 0)  # the same frames for both
     with _tx(store) as tx:
         _set(tx, final=json.dumps(record, sort_keys=True))
     return record

@@ -111,8 +111,7 @@ def continuation_fingerprint(trainer_cfg: dict[str, Any] | None) -> str:
     cfg = physics_settings(trainer_cfg)
     for key in _STOPPING:
         cfg.pop(key, None)
-    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _short_hash(cfg)
 
 
 def settings_fingerprint(trainer_cfg: dict[str, Any] | None) -> str:
@@ -122,5 +121,9 @@ def settings_fingerprint(trainer_cfg: dict[str, Any] | None) -> str:
     the fit's own numerics); ``command``, ``timeout`` and ``refit`` do not count. The
     pipeline stores it with each potential and refits when the recipe's value differs.
     """
-    text = json.dumps(physics_settings(trainer_cfg), sort_keys=True, separators=(",", ":"))
+    return _short_hash(physics_settings(trainer_cfg))
+
+
+def _short_hash(settings: dict[str, Any]) -> str:
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

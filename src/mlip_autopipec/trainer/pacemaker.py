@@ -242,7 +242,6 @@ def _initial_potential(
     :func:`~mlip_autopipec.trainer.config.continuation_fingerprint`), is not continued from
     (a note says why).
     """
-    fingerprint = continuation_fingerprint(dict(settings))
     if given is None:
         return None, None, None
     given = Path(given)
@@ -261,16 +260,18 @@ def _initial_potential(
         )
     record_path = yaml.parent / POTENTIAL_JSON
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if record is None:
+        return yaml, None, None
     # settings that only say when the optimiser stops do not prevent a continuation
-    was, now = None, fingerprint
-    if record is not None and isinstance(record.get("settings"), dict):
+    if isinstance(record.get("settings"), dict):
+        now = continuation_fingerprint(dict(settings))
         try:
             was = continuation_fingerprint(record["settings"])
         except TrainerError:  # settings of another version that no longer validate
             was = None
-    elif record is not None:  # a record without its settings: the whole fingerprint
+    else:  # a record without its settings: the whole fingerprint
         was, now = record.get("settings_fingerprint"), settings_fingerprint(dict(settings))
-    if record is not None and was != now:
+    if was != now:
         return (
             None,
             None,
